@@ -1,0 +1,21 @@
+"""Riemannian optimisation on a learned atlas: small verbs and a generic gradient descent."""
+
+from eit_manifold.optim.riemannian import DescentHistory, DescentResult, RiemannianDescent
+from eit_manifold.optim.verbs import (
+    choose_chart,
+    decode_with_jacobian,
+    retract_chart,
+    retract_projection,
+    riemannian_gradient,
+)
+
+__all__ = [
+    "DescentHistory",
+    "DescentResult",
+    "RiemannianDescent",
+    "choose_chart",
+    "decode_with_jacobian",
+    "retract_chart",
+    "retract_projection",
+    "riemannian_gradient",
+]

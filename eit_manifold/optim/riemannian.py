@@ -1,0 +1,466 @@
+"""Riemannian gradient descent on a learned atlas (DESIGN section 4).
+
+The iterate is always a point ``x = G_k(w)`` on the image of one chart ``k``. One iteration:
+
+1. chart choice with hysteresis at ``x`` (:func:`~eit_manifold.optim.verbs.choose_chart`); a switch
+   to chart ``j`` moves the base point to ``G_j(E_j(x))``;
+2. ``J = dG_k/dw`` by forward mode, ``g = grad F(x)`` by autograd, Riemannian gradient
+   ``v = J (J^T J + eps I)^{-1} J^T g``;
+3. Armijo backtracking from step ``tau``: accept the first trial ``x+ = R(-tau v)`` with
+   ``F(x+) <= F(base) - c tau <g, v>`` **and** ``F(x+) <= F(x)``, halving ``tau`` up to
+   ``max_backtracks`` times. ``R`` is the projection retraction ``G_k(E_k(.))`` or the chart
+   retraction ``w <- w - tau xi``.
+
+The second inequality makes the descent monotone even across chart switches: a switch is taken
+only together with a step that ends below the current objective; if no such step is found the
+iterate stays in its chart. Iterates never leave the chart images, so they stay on the manifold.
+
+The objective is any torch-differentiable function of the data; the optimiser knows no operator.
+Several starts (samples of the chart priors) run as one batch; the best final objective is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from eit_manifold.optim.verbs import (
+    ChartLike,
+    choose_chart,
+    decode_with_jacobian,
+    retract_chart,
+    retract_projection,
+    riemannian_gradient,
+)
+
+RETRACTIONS = ("projection", "chart")
+
+
+class AtlasLike(Protocol):
+    """What the optimiser needs from an atlas (duck-typed; see :mod:`eit_manifold.manifold`)."""
+
+    charts: Sequence[ChartLike]
+
+    @property
+    def n_charts(self) -> int: ...  # noqa: D102
+
+    @property
+    def latent_dim(self) -> int: ...  # noqa: D102
+
+    def chart_probabilities(self, x: Tensor) -> Tensor: ...  # noqa: D102
+
+    def sample_latent(self, k: int, n: int) -> Tensor: ...  # noqa: D102
+
+
+@dataclass
+class DescentHistory:
+    """Per-iteration record for every start (rows: iterations, columns: starts).
+
+    Attributes
+    ----------
+    objective : np.ndarray
+        ``(T + 1, B)`` objective values, row 0 at the starting points.
+    chart : np.ndarray
+        ``(T + 1, B)`` chart indices.
+    step : np.ndarray
+        ``(T, B)`` accepted step sizes ``tau`` (0 when no step was accepted, NaN once converged).
+    switched : np.ndarray
+        ``(T, B)`` True where the iteration changed chart.
+    iterates : np.ndarray or None
+        ``(T + 1, B, n)`` flattened iterates when ``record_iterates=True``.
+    """
+
+    objective: np.ndarray
+    chart: np.ndarray
+    step: np.ndarray
+    switched: np.ndarray
+    iterates: np.ndarray | None = None
+
+
+@dataclass
+class DescentResult:
+    """Outcome of :meth:`RiemannianDescent.run`.
+
+    Attributes
+    ----------
+    x, w, chart, objective
+        Best final point (data shape), its latent, chart index and objective value.
+    best_start : int
+        Index of the start that gave the best objective.
+    x_all, w_all, chart_all, objective_all
+        Final state of every start.
+    converged : np.ndarray
+        ``(B,)`` True for starts that met a tolerance (or could not decrease further).
+    history : DescentHistory
+        Objective, chart and step per iteration.
+    """
+
+    x: Tensor
+    w: Tensor
+    chart: int
+    objective: float
+    best_start: int
+    x_all: Tensor
+    w_all: Tensor
+    chart_all: np.ndarray
+    objective_all: np.ndarray
+    converged: np.ndarray
+    history: DescentHistory = field(repr=False)
+
+    @property
+    def n_iter(self) -> int:
+        """Number of iterations run."""
+        return int(self.history.step.shape[0])
+
+
+@dataclass
+class _State:
+    x: Tensor  # (B, *data_shape)
+    w: Tensor  # (B, d)
+    chart: Tensor  # (B,) long
+    f: Tensor  # (B,) float64
+    tau: Tensor  # (B,) float64
+    active: Tensor  # (B,) bool
+
+
+class RiemannianDescent:
+    """Riemannian gradient descent with Armijo line search on the charts of an atlas.
+
+    Parameters
+    ----------
+    atlas : AtlasLike
+        Atlas with ``charts[k].decode/encode``, ``chart_probabilities`` and ``sample_latent``.
+    objective : callable
+        ``F(x)``: a torch-differentiable function of a batch ``(B, *data_shape)`` returning ``(B,)``
+        (items independent). With ``batched=False`` it takes one item and returns a scalar.
+    retraction : {"projection", "chart"}
+        ``x+ = G(E(x - tau v))`` or ``w+ = w - tau xi``.
+    max_iter : int
+        Iteration limit.
+    ftol : float
+        Stop a start when the objective decrease of an iteration is below
+        ``ftol * max(|F|, 1e-30)``.
+    gtol : float
+        Stop a start when the squared Riemannian gradient norm ``<g, v>`` is below ``gtol``.
+    step_init : float
+        First trial step ``tau``; later iterations start from ``growth`` times the last accepted.
+    max_step : float, optional
+        Cap on the ambient length ``tau ||v||`` of a trial step.
+    growth, shrink : float
+        Step growth after an iteration (> 1) and backtracking factor (in (0, 1)).
+    armijo : float
+        Sufficient-decrease constant ``c`` in (0, 1).
+    max_backtracks : int
+        Cap on backtracking steps per iteration; a start whose line search fails stops.
+    eps : float
+        Relative shift of ``J^T J`` (see :func:`~eit_manifold.optim.verbs.riemannian_gradient`).
+    hysteresis : float
+        Responsibility margin for a chart switch; ``None`` disables switching.
+    batched : bool
+        Whether ``objective`` accepts a batch.
+    record_iterates : bool
+        Keep every iterate in the history (for trajectory figures; memory ``T * B * n``).
+    """
+
+    def __init__(
+        self,
+        atlas: AtlasLike,
+        objective: Callable[[Tensor], Tensor],
+        *,
+        retraction: str = "projection",
+        max_iter: int = 100,
+        ftol: float = 1e-9,
+        gtol: float = 1e-14,
+        step_init: float = 1.0,
+        max_step: float | None = None,
+        growth: float = 2.0,
+        shrink: float = 0.5,
+        armijo: float = 1e-4,
+        max_backtracks: int = 30,
+        eps: float = 1e-8,
+        hysteresis: float | None = 0.1,
+        batched: bool = True,
+        record_iterates: bool = False,
+    ) -> None:
+        if retraction not in RETRACTIONS:
+            raise ValueError(f"retraction must be one of {RETRACTIONS}, got {retraction!r}")
+        if int(max_iter) != max_iter or max_iter < 0:
+            raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+        for name, value in (("ftol", ftol), ("gtol", gtol), ("eps", eps)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be non-negative and finite, got {value!r}")
+        if not (math.isfinite(step_init) and step_init > 0):
+            raise ValueError(f"step_init must be positive, got {step_init!r}")
+        if max_step is not None and not max_step > 0:
+            raise ValueError(f"max_step must be positive, got {max_step!r}")
+        if not growth >= 1:
+            raise ValueError(f"growth must be >= 1, got {growth!r}")
+        if not 0 < shrink < 1:
+            raise ValueError(f"shrink must be in (0, 1), got {shrink!r}")
+        if not 0 < armijo < 1:
+            raise ValueError(f"armijo must be in (0, 1), got {armijo!r}")
+        if int(max_backtracks) != max_backtracks or max_backtracks < 0:
+            raise ValueError(f"max_backtracks must be an integer >= 0, got {max_backtracks!r}")
+        if hysteresis is not None and not 0 <= hysteresis < 1:
+            raise ValueError(f"hysteresis must be in [0, 1) or None, got {hysteresis!r}")
+        self.atlas = atlas
+        self.objective = objective
+        self.retraction = retraction
+        self.max_iter = int(max_iter)
+        self.ftol = float(ftol)
+        self.gtol = float(gtol)
+        self.step_init = float(step_init)
+        self.max_step = max_step
+        self.growth = float(growth)
+        self.shrink = float(shrink)
+        self.armijo = float(armijo)
+        self.max_backtracks = int(max_backtracks)
+        self.eps = float(eps)
+        self.hysteresis = hysteresis
+        self.batched = batched
+        self.record_iterates = record_iterates
+
+    # ------------------------------------------------------------------ objective helpers
+    def _f(self, x: Tensor) -> Tensor:
+        """Objective values ``(B,)`` in float64."""
+        if self.batched:
+            out = self.objective(x)
+        else:
+            out = torch.stack([torch.as_tensor(self.objective(xi)) for xi in x])
+        out = out.reshape(-1)
+        if out.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"objective returned {out.shape[0]} values for a batch of {x.shape[0]}; "
+                "it must return one value per item (or pass batched=False)"
+            )
+        return out.to(torch.float64)
+
+    def _f_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            f = self._f(x)
+            (g,) = torch.autograd.grad(f.sum(), x)
+        return f.detach(), g.detach()
+
+    # ------------------------------------------------------------------ starting points
+    def initial_points(self, n_starts: int) -> tuple[Tensor, Tensor]:
+        """Prior samples spread round-robin over the charts: returns ``(w, charts)``."""
+        if int(n_starts) != n_starts or n_starts < 1:
+            raise ValueError(f"n_starts must be a positive integer, got {n_starts!r}")
+        k_all = torch.arange(n_starts) % self.atlas.n_charts
+        ws = []
+        for k in range(self.atlas.n_charts):
+            n_k = int((k_all == k).sum())
+            if n_k:
+                ws.append((k, self.atlas.sample_latent(k, n_k).detach()))
+        w = torch.zeros((n_starts, ws[0][1].shape[1]), dtype=ws[0][1].dtype)
+        for k, wk in ws:
+            w[k_all == k] = wk.to(w.dtype)
+        return w, k_all
+
+    def _start_state(self, n_starts: int, x0: Tensor | None, chart0: Tensor | None) -> _State:
+        if x0 is None:
+            w, chart = self.initial_points(n_starts)
+        else:
+            x0 = x0.detach()
+            with torch.no_grad():
+                if chart0 is None:
+                    chart0 = self.atlas.chart_probabilities(x0).argmax(dim=1)
+            chart = torch.as_tensor(chart0, dtype=torch.long).reshape(-1)
+            if chart.shape[0] != x0.shape[0]:
+                raise ValueError(f"chart0 has {chart.shape[0]} entries for {x0.shape[0]} starts")
+            ws = [None] * x0.shape[0]
+            with torch.no_grad():
+                for k in chart.unique().tolist():
+                    idx = (chart == k).nonzero()[:, 0]
+                    wk = self.atlas.charts[k].encode(x0[idx])
+                    for i, j in enumerate(idx.tolist()):
+                        ws[j] = wk[i]
+            w = torch.stack(ws)
+        x = self._decode_grouped(w, chart)
+        with torch.no_grad():
+            f = self._f(x)
+        b = x.shape[0]
+        return _State(
+            x=x,
+            w=w,
+            chart=chart,
+            f=f,
+            tau=torch.full((b,), self.step_init, dtype=torch.float64),
+            active=torch.isfinite(f),
+        )
+
+    def _decode_grouped(self, w: Tensor, chart: Tensor) -> Tensor:
+        out = None
+        with torch.no_grad():
+            for k in chart.unique().tolist():
+                idx = chart == k
+                xk = self.atlas.charts[k].decode(w[idx])
+                if out is None:
+                    out = torch.zeros((w.shape[0], *xk.shape[1:]), dtype=xk.dtype)
+                out[idx] = xk
+        assert out is not None
+        return out
+
+    # ------------------------------------------------------------------ one iteration
+    def _switch_candidates(self, st: _State, idx: Tensor) -> Tensor:
+        """Chart to work in for the active starts ``idx`` (hysteresis rule)."""
+        if self.hysteresis is None or self.atlas.n_charts == 1:
+            return st.chart[idx].clone()
+        with torch.no_grad():
+            probs = self.atlas.chart_probabilities(st.x[idx])
+        return choose_chart(probs, st.chart[idx], self.hysteresis)
+
+    def _line_search(
+        self,
+        chart: ChartLike,
+        x: Tensor,
+        w: Tensor,
+        f_base: Tensor,
+        f_cap: Tensor,
+        v: Tensor,
+        xi: Tensor,
+        slope: Tensor,
+        tau0: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Armijo backtracking for a group in one chart; returns ``(x, w, f, tau, accepted)``.
+
+        ``slope = <g, v>`` is the directional derivative along ``-v`` (up to sign).
+        """
+        b = x.shape[0]
+        x_new, w_new, f_new = x.clone(), w.clone(), f_base.clone()
+        tau = tau0.clone()
+        if self.max_step is not None:
+            vnorm = v.norm(dim=1).clamp_min(1e-300)
+            tau = torch.minimum(tau, self.max_step / vnorm)
+        accepted = torch.zeros(b, dtype=torch.bool)
+        for _ in range(self.max_backtracks + 1):
+            pend = (~accepted).nonzero()[:, 0]
+            if pend.numel() == 0:
+                break
+            t = tau[pend]
+            if self.retraction == "projection":
+                xt, wt = retract_projection(chart, x[pend], -(t[:, None] * v[pend]))
+            else:
+                xt, wt = retract_chart(chart, w[pend], -(t[:, None] * xi[pend]))
+            with torch.no_grad():
+                ft = self._f(xt)
+            ok = (
+                torch.isfinite(ft)
+                & (ft <= f_base[pend] - self.armijo * t * slope[pend])
+                & (ft <= f_cap[pend])
+            )
+            good = pend[ok]
+            x_new[good], w_new[good], f_new[good] = xt[ok], wt[ok], ft[ok]
+            accepted[good] = True
+            tau[pend[~ok]] *= self.shrink
+        return x_new, w_new, f_new, tau, accepted
+
+    def _iterate(self, st: _State) -> tuple[Tensor, Tensor, Tensor]:
+        """One iteration on the active starts; returns ``(step, switched, stop)`` for all starts."""
+        n = st.x.shape[0]
+        step = torch.full((n,), float("nan"), dtype=torch.float64)
+        switched = torch.zeros(n, dtype=torch.bool)
+        stop = torch.zeros(n, dtype=torch.bool)
+        idx = st.active.nonzero()[:, 0]
+        if idx.numel() == 0:
+            return step, switched, stop
+        target = self._switch_candidates(st, idx)
+        for k in target.unique().tolist():
+            grp = idx[target == k]
+            chart = self.atlas.charts[k]
+            moving = st.chart[grp] != k
+            # Base points: the current iterate, or its projection onto the new chart.
+            w_base = st.w[grp].clone()
+            if moving.any():
+                with torch.no_grad():
+                    w_base[moving] = chart.encode(st.x[grp[moving]]).to(w_base.dtype)
+            x_base, jac = decode_with_jacobian(chart, w_base)
+            f_base, g = self._f_and_grad(x_base)
+            v, xi = riemannian_gradient(jac, g, self.eps)
+            tau0 = st.tau[grp]
+            sq = (g.reshape(len(grp), -1).to(torch.float64) * v).sum(dim=1)
+            x1, w1, f1, tau, ok = self._line_search(
+                chart, x_base, w_base, f_base, st.f[grp], v, xi, sq, tau0
+            )
+            # Accepted steps update the state; a failed switch keeps the old chart and point.
+            acc = grp[ok]
+            decrease = st.f[acc] - f1[ok]
+            st.x[acc], st.w[acc], st.f[acc] = x1[ok].to(st.x.dtype), w1[ok].to(st.w.dtype), f1[ok]
+            st.chart[acc] = k
+            switched[acc] = moving[ok]
+            step[grp] = torch.where(ok, tau, torch.zeros_like(tau))
+            st.tau[acc] = tau[ok] * self.growth
+            rel = decrease <= self.ftol * st.f[acc].abs().clamp_min(1e-30)
+            stop[acc[rel]] = True
+            # A failed line search stops a start unless it was only a refused switch.
+            fail = grp[~ok & ~moving]
+            stop[fail] = True
+            st.tau[grp[~ok & moving]] = tau0[~ok & moving]
+            stop[grp[(sq <= self.gtol) & ~moving]] = True
+        return step, switched, stop
+
+    # ------------------------------------------------------------------ public entry point
+    def run(
+        self, n_starts: int = 8, x0: Tensor | None = None, chart0: Tensor | None = None
+    ) -> DescentResult:
+        """Minimise the objective from ``n_starts`` prior samples (or from ``x0``).
+
+        Parameters
+        ----------
+        n_starts : int
+            Number of prior samples, spread round-robin over the charts (ignored with ``x0``).
+        x0 : Tensor, optional
+            Starting data points ``(B, *data_shape)``; they are first projected onto a chart.
+        chart0 : Tensor, optional
+            Chart of each ``x0`` (default: the most responsible chart).
+
+        Returns
+        -------
+        DescentResult
+            Best start's point, all starts' final states, and the history.
+        """
+        st = self._start_state(n_starts, x0, chart0)
+        b = st.x.shape[0]
+        objs, charts, steps, sw = [st.f.numpy().copy()], [st.chart.numpy().copy()], [], []
+        iterates = [st.x.reshape(b, -1).double().numpy().copy()] if self.record_iterates else None
+        for _ in range(self.max_iter):
+            if not st.active.any():
+                break
+            step, switched, stop = self._iterate(st)
+            st.active &= ~stop
+            objs.append(st.f.numpy().copy())
+            charts.append(st.chart.numpy().copy())
+            steps.append(step.numpy())
+            sw.append(switched.numpy())
+            if iterates is not None:
+                iterates.append(st.x.reshape(b, -1).double().numpy().copy())
+        history = DescentHistory(
+            objective=np.stack(objs),
+            chart=np.stack(charts),
+            step=np.stack(steps) if steps else np.zeros((0, b)),
+            switched=np.stack(sw) if sw else np.zeros((0, b), dtype=bool),
+            iterates=np.stack(iterates) if iterates is not None else None,
+        )
+        f = st.f.clone()
+        f[~torch.isfinite(f)] = float("inf")
+        best = int(f.argmin())
+        return DescentResult(
+            x=st.x[best].clone(),
+            w=st.w[best].clone(),
+            chart=int(st.chart[best]),
+            objective=float(st.f[best]),
+            best_start=best,
+            x_all=st.x.clone(),
+            w_all=st.w.clone(),
+            chart_all=st.chart.numpy().copy(),
+            objective_all=st.f.numpy().copy(),
+            converged=(~st.active).numpy().copy(),
+            history=history,
+        )

@@ -1,0 +1,186 @@
+"""Riemannian descent on exact (hand-made) atlases with known closest points."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from analytic_atlases import circle_atlas, sphere_atlas, two_circles_atlas
+
+from eit_manifold.optim import (
+    RiemannianDescent,
+    choose_chart,
+    decode_with_jacobian,
+    riemannian_gradient,
+)
+
+
+def dist2_to(a: list[float]):
+    target = torch.tensor(a, dtype=torch.float64)
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        return ((x - target) ** 2).sum(dim=1)
+
+    return objective
+
+
+def assert_monotone_and_on_manifold(atlas, res) -> None:
+    obj = res.history.objective
+    assert np.all(np.diff(obj, axis=0) <= 0), "objective increased"
+    x = res.x_all
+    assert torch.allclose(atlas.project(x), x, atol=1e-4), "iterate left the manifold"
+
+
+# --------------------------------------------------------------------------- verbs
+def test_jacobian_matches_finite_differences() -> None:
+    chart = sphere_atlas().charts[0]
+    w = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=torch.float64)
+    x, jac = decode_with_jacobian(chart, w)
+    assert torch.allclose(x, chart.decode(w))
+    h = 1e-6
+    for j in range(2):
+        e = torch.zeros_like(w)
+        e[:, j] = h
+        fd = (chart.decode(w + e) - chart.decode(w - e)) / (2 * h)
+        assert torch.allclose(jac[:, :, j], fd, atol=1e-7)
+
+
+def test_riemannian_gradient_is_tangent_projection() -> None:
+    chart = sphere_atlas().charts[1]
+    w = torch.tensor([[0.2, 0.4]], dtype=torch.float64)
+    x, jac = decode_with_jacobian(chart, w)
+    g = torch.tensor([[0.3, -1.0, 2.0]], dtype=torch.float64)
+    v, xi = riemannian_gradient(jac, g, eps=0.0)
+    normal = x / x.norm()
+    expected = g - (g * normal).sum() * normal  # tangent projection on the unit sphere
+    assert torch.allclose(v, expected, atol=1e-10)
+    assert torch.allclose(jac @ xi[..., None], v[..., None])
+
+
+def test_choose_chart_hysteresis() -> None:
+    probs = torch.tensor([[0.55, 0.45], [0.7, 0.3], [0.2, 0.8]])
+    current = torch.tensor([1, 1, 1])
+    assert choose_chart(probs, current, 0.2).tolist() == [1, 0, 1]
+    assert choose_chart(probs, current, 0.0).tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="hysteresis"):
+        choose_chart(probs, current, 1.5)
+
+
+# --------------------------------------------------------------------------- descent
+@pytest.mark.parametrize("retraction", ["projection", "chart"])
+def test_circle_closest_point_with_chart_switch(retraction: str) -> None:
+    atlas = circle_atlas()
+    a = [2.0, 1.0]
+    # Start near angle pi - 0.3 in chart 1: the minimiser (angle 0.46) is in chart 0.
+    x0 = torch.tensor([[math.cos(math.pi - 0.3), math.sin(math.pi - 0.3)]], dtype=torch.float64)
+    opt = RiemannianDescent(atlas, dist2_to(a), retraction=retraction, max_iter=200)
+    res = opt.run(x0=x0, chart0=torch.tensor([1]))
+    expected = torch.tensor(a, dtype=torch.float64) / math.hypot(*a)
+    assert torch.allclose(res.x, expected, atol=1e-5)
+    assert res.chart == 0
+    assert res.history.switched.any(), "the descent should have switched chart"
+    assert res.history.chart[0, 0] == 1 and res.history.chart[-1, 0] == 0
+    assert res.converged.all()
+    assert_monotone_and_on_manifold(atlas, res)
+
+
+def test_sphere_multistart_closest_point() -> None:
+    torch.manual_seed(0)
+    atlas = sphere_atlas()
+    a = [0.3, -0.2, -2.0]
+    res = RiemannianDescent(atlas, dist2_to(a), max_iter=200).run(n_starts=6)
+    expected = torch.tensor(a, dtype=torch.float64) / np.linalg.norm(a)
+    assert torch.allclose(res.x, expected, atol=1e-5)
+    assert res.history.objective.shape[1] == 6
+    assert set(res.history.chart[0].tolist()) == {0, 1}  # starts spread over both charts
+    assert_monotone_and_on_manifold(atlas, res)
+
+
+def test_multistart_keeps_best_misfit() -> None:
+    torch.manual_seed(1)
+    atlas = two_circles_atlas()
+    # Closest point (0.5, 0) on the right circle; a local minimum (-0.5, 0) on the left circle.
+    res = RiemannianDescent(atlas, dist2_to([0.2, 0.0]), max_iter=300).run(n_starts=8)
+    assert res.objective == pytest.approx(0.09, abs=1e-8)
+    assert torch.allclose(res.x, torch.tensor([0.5, 0.0], dtype=torch.float64), atol=1e-4)
+    assert res.objective == res.objective_all.min()
+    assert res.objective_all.max() > 0.4  # some starts ended on the left circle
+    assert_monotone_and_on_manifold(atlas, res)
+
+
+def test_two_circles_symmetric_target() -> None:
+    torch.manual_seed(2)
+    atlas = two_circles_atlas()
+    res = RiemannianDescent(atlas, dist2_to([0.0, 0.0]), max_iter=300).run(n_starts=4)
+    assert res.objective == pytest.approx(0.25, abs=1e-8)
+    assert abs(abs(float(res.x[0])) - 0.5) < 1e-4 and abs(float(res.x[1])) < 1e-4
+
+
+def test_history_and_step_records() -> None:
+    torch.manual_seed(3)
+    atlas = circle_atlas()
+    opt = RiemannianDescent(atlas, dist2_to([0.0, 3.0]), max_iter=5, record_iterates=True)
+    res = opt.run(n_starts=2)
+    h = res.history
+    assert h.objective.shape == (res.n_iter + 1, 2) == h.chart.shape
+    assert h.step.shape == (res.n_iter, 2)
+    assert h.iterates is not None and h.iterates.shape == (res.n_iter + 1, 2, 2)
+    assert np.all(h.step[np.isfinite(h.step)] >= 0)
+    assert np.allclose(h.objective[-1], res.objective_all)
+
+
+def test_unbatched_objective_and_determinism() -> None:
+    atlas = sphere_atlas()
+    target = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+
+    def single(x: torch.Tensor) -> torch.Tensor:
+        return ((x - target) ** 2).sum()
+
+    results = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        results.append(RiemannianDescent(atlas, single, batched=False, max_iter=50).run(3))
+    assert torch.equal(results[0].x_all, results[1].x_all)
+    assert np.allclose(results[0].x.numpy(), [0.0, 2**-0.5, 2**-0.5], atol=1e-5)
+
+
+def test_max_step_caps_trial_length() -> None:
+    torch.manual_seed(4)
+    atlas = circle_atlas()
+    opt = RiemannianDescent(
+        atlas, dist2_to([-3.0, 0.0]), max_step=0.05, max_iter=3, record_iterates=True
+    )
+    res = opt.run(x0=torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+    moves = np.linalg.norm(np.diff(res.history.iterates[:, 0], axis=0), axis=1)
+    assert moves.max() <= 0.05 + 1e-12
+    assert res.history.objective[-1, 0] < res.history.objective[0, 0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"retraction": "exp"}, "retraction"),
+        ({"max_iter": -1}, "max_iter"),
+        ({"shrink": 1.0}, "shrink"),
+        ({"armijo": 0.0}, "armijo"),
+        ({"hysteresis": 1.0}, "hysteresis"),
+        ({"step_init": 0.0}, "step_init"),
+    ],
+)
+def test_bad_options_are_rejected(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RiemannianDescent(circle_atlas(), dist2_to([0.0, 0.0]), **kwargs)
+
+
+def test_bad_objective_and_starts_are_rejected() -> None:
+    atlas = circle_atlas()
+    with pytest.raises(ValueError, match="n_starts"):
+        RiemannianDescent(atlas, dist2_to([0.0, 0.0])).run(n_starts=0)
+
+    def scalar(x: torch.Tensor) -> torch.Tensor:
+        return (x**2).sum()
+
+    with pytest.raises(ValueError, match="one value per item"):
+        RiemannianDescent(atlas, scalar).run(n_starts=3)
