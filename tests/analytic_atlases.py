@@ -32,7 +32,7 @@ class ArcChart:
 
 
 class StereoChart:
-    """Unit sphere by stereographic projection from the pole ``sign * e3`` (latent scaled by 1.3)."""
+    """Unit sphere by stereographic projection from the pole ``sign * e3`` (latent x 1.3)."""
 
     def __init__(self, sign: float) -> None:
         self.sign, self.scale = sign, 1.3
