@@ -1,0 +1,244 @@
+"""Meshes of the tank: gmsh generation (graded towards the electrode ends) and ``.msh`` loading.
+
+Tag convention (shared by generated and loaded meshes): the cells carry physical tag 1, the
+boundary facets under electrode ``l`` (1-based) carry tag ``l``, the gaps carry ``L + 1``.
+The CEM solution has boundary layers of width about sigma*z at the electrode end points, so the
+mesh is refined there (gmsh Distance + Threshold fields) and stays coarse elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from eit_manifold.operators.eit.geometry import Tank
+
+import dolfinx_solver  # noqa: F401,I001  (must come before dolfinx: sets up the bundled PETSc)
+import dolfinx
+import dolfinx.io.gmsh as dolfinx_gmsh
+
+DOMAIN_TAG = 1
+
+
+@dataclass(frozen=True)
+class MeshOptions:
+    """How to mesh the tank.
+
+    Parameters
+    ----------
+    mesh_size : float
+        Target element size ``h`` away from the electrode ends (absolute length unit).
+    refinement : float
+        Ratio between ``h`` and the element size at the electrode end points.
+    grading_radius : float
+        Distance (in units of ``h``) over which the size grows from ``h / refinement`` to ``h``.
+    uniform_refinements : int
+        Split every triangle into four this many times after meshing (new boundary nodes lie on
+        the circle): the way to halve ``h`` everywhere for convergence studies.
+    """
+
+    mesh_size: float = 0.05
+    refinement: float = 20.0
+    grading_radius: float = 3.0
+    uniform_refinements: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mesh_size) and self.mesh_size > 0):
+            raise ValueError(f"mesh_size must be a positive number, got {self.mesh_size!r}")
+        if not (math.isfinite(self.refinement) and self.refinement >= 1):
+            raise ValueError(f"refinement must be >= 1, got {self.refinement!r}")
+        if not (math.isfinite(self.grading_radius) and self.grading_radius > 0):
+            raise ValueError(f"grading_radius must be > 0, got {self.grading_radius!r}")
+
+
+@dataclass
+class TankMesh:
+    """A dolfinx mesh of the tank with its facet tags (electrode ``l`` tagged ``l``)."""
+
+    mesh: dolfinx.mesh.Mesh
+    facet_tags: dolfinx.mesh.MeshTags
+    tank: Tank
+    source: str
+
+    @property
+    def comm(self) -> MPI.Comm:
+        """The communicator the mesh is distributed over."""
+        return self.mesh.comm
+
+    @property
+    def n_cells(self) -> int:
+        """Global number of cells."""
+        return self.mesh.topology.index_map(2).size_global
+
+    @property
+    def n_nodes(self) -> int:
+        """Global number of vertices."""
+        return self.mesh.topology.index_map(0).size_global
+
+
+def _boundary_breakpoints(tank: Tank) -> list[tuple[float, int]]:
+    """Angles that split the circle, each with the tag of the arc that *starts* there."""
+    L = tank.n_electrodes
+    pts: list[tuple[float, int]] = []
+    for l, (a, b) in enumerate(tank.electrode_intervals):
+        pts.append((a % (2 * math.pi), l + 1))
+        pts.append((b % (2 * math.pi), L + 1))
+    pts.sort()
+    return pts
+
+
+def _build_gmsh_model(tank: Tank, options: MeshOptions) -> None:
+    """Create the 2-D gmsh model of the tank in the current gmsh session."""
+    import gmsh
+
+    R = tank.radius
+    h = options.mesh_size
+    gmsh.model.add("tank")
+    geo = gmsh.model.geo
+    centre = geo.addPoint(0.0, 0.0, 0.0, h)
+    breaks = _boundary_breakpoints(tank)
+    # Subdivide long arcs: gmsh circle arcs must be shorter than pi.
+    angles: list[float] = []
+    tags: list[int] = []
+    end_point_indices: list[int] = []
+    for i, (theta, tag) in enumerate(breaks):
+        nxt = breaks[(i + 1) % len(breaks)][0]
+        span = (nxt - theta) % (2 * math.pi)
+        pieces = max(1, math.ceil(span / (math.pi / 3)))
+        end_point_indices.append(len(angles))
+        for j in range(pieces):
+            angles.append(theta + span * j / pieces)
+            tags.append(tag)
+    points = [geo.addPoint(R * math.cos(t), R * math.sin(t), 0.0, h) for t in angles]
+    arcs = [geo.addCircleArc(points[i], centre, points[(i + 1) % len(points)]) for i in range(len(points))]
+    loop = geo.addCurveLoop(arcs)
+    surface = geo.addPlaneSurface([loop])
+    geo.synchronize()
+    gmsh.model.addPhysicalGroup(2, [surface], DOMAIN_TAG, name="domain")
+    for tag in sorted(set(tags)):
+        curves = [arc for arc, t in zip(arcs, tags, strict=True) if t == tag]
+        name = "gaps" if tag == tank.n_electrodes + 1 else f"electrode_{tag}"
+        gmsh.model.addPhysicalGroup(1, curves, tag, name=name)
+    # Grade the mesh towards the electrode end points.
+    field = gmsh.model.mesh.field
+    dist = field.add("Distance")
+    field.setNumbers(dist, "PointsList", [points[i] for i in end_point_indices])
+    thr = field.add("Threshold")
+    field.setNumber(thr, "InField", dist)
+    field.setNumber(thr, "SizeMin", h / options.refinement)
+    field.setNumber(thr, "SizeMax", h)
+    field.setNumber(thr, "DistMin", 0.0)
+    field.setNumber(thr, "DistMax", options.grading_radius * h)
+    field.setAsBackgroundMesh(thr)
+    gmsh.option.setNumber("Mesh.MeshSizeExtendFromBoundary", 0)
+    gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
+    gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
+    gmsh.option.setNumber("Mesh.Algorithm", 6)  # Frontal-Delaunay: good quality with size fields
+    gmsh.model.mesh.generate(2)
+    for _ in range(options.uniform_refinements):
+        gmsh.model.mesh.refine()
+
+
+def _gmsh_session():
+    import gmsh
+
+    gmsh.initialize(interruptible=False)
+    gmsh.option.setNumber("General.Terminal", 0)
+    gmsh.option.setNumber("General.Verbosity", 0)
+    return gmsh
+
+
+def _check_tags(facet_tags: dolfinx.mesh.MeshTags | None, tank: Tank, source: str, comm: MPI.Comm) -> None:
+    """Every electrode must have tagged facets, else the mesh cannot carry the CEM."""
+    if facet_tags is None:
+        raise ValueError(f"mesh {source} has no facet tags: electrode l must be tagged l (1..{tank.n_electrodes})")
+    local = np.zeros(tank.n_electrodes + 2, dtype=np.int64)
+    vals = facet_tags.values
+    ok = (vals >= 1) & (vals <= tank.n_electrodes + 1)
+    np.add.at(local, vals[ok], 1)
+    counts = comm.allreduce(local, op=MPI.SUM)
+    missing = [l for l in range(1, tank.n_electrodes + 1) if counts[l] == 0]
+    if missing:
+        raise ValueError(
+            f"mesh {source} lacks facets tagged for electrodes {missing} "
+            f"(expected tags 1..{tank.n_electrodes}; is the electrode count right?)"
+        )
+    extra = np.unique(comm.allreduce(vals[vals > tank.n_electrodes + 1].tolist(), op=MPI.SUM))
+    if extra.size:
+        raise ValueError(
+            f"mesh {source} has facet tags {extra.tolist()} beyond {tank.n_electrodes + 1}: it was made for "
+            f"more electrodes than the tank's {tank.n_electrodes}"
+        )
+
+
+def create_tank_mesh(
+    tank: Tank,
+    options: MeshOptions | None = None,
+    comm: MPI.Comm = MPI.COMM_WORLD,
+    msh_file: str | Path | None = None,
+) -> TankMesh:
+    """Mesh the tank with gmsh on rank 0 and distribute it over ``comm``.
+
+    Parameters
+    ----------
+    tank : Tank
+        Geometry.
+    options : MeshOptions, optional
+        Element size and grading; defaults to ``MeshOptions()``.
+    comm : MPI.Comm
+        Communicator to distribute the mesh over.
+    msh_file : path, optional
+        Also write the gmsh mesh to this ``.msh`` file (rank 0, atomically).
+    """
+    options = options or MeshOptions()
+    gmsh = None
+    if comm.rank == 0:
+        gmsh = _gmsh_session()
+    try:
+        if comm.rank == 0:
+            _build_gmsh_model(tank, options)
+            if msh_file is not None:
+                from eit_manifold.io import atomic_path
+
+                with atomic_path(msh_file, suffix=".msh") as tmp:
+                    gmsh.write(str(tmp))
+        import gmsh as gmsh_module
+
+        data = dolfinx_gmsh.model_to_mesh(gmsh_module.model, comm, 0, gdim=2)
+    finally:
+        if gmsh is not None:
+            gmsh.finalize()
+    source = f"<generated h={options.mesh_size:g}, refinement={options.refinement:g}>"
+    _check_tags(data.facet_tags, tank, source, comm)
+    return TankMesh(data.mesh, data.facet_tags, tank, source)
+
+
+def load_tank_mesh(path: str | Path, tank: Tank, comm: MPI.Comm = MPI.COMM_WORLD) -> TankMesh:
+    """Load a gmsh ``.msh`` file that follows the tag convention of this module.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file cannot be read as a mesh, or lacks electrode tags for ``tank``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mesh file not found: {path}")
+    try:
+        data = dolfinx_gmsh.read_from_msh(path, comm, 0, gdim=2)
+    except Exception as exc:  # gmsh raises bare Exceptions for unreadable files
+        raise ValueError(f"cannot read mesh file {path}: {exc}") from exc
+    if data.mesh.topology.dim != 2:
+        raise ValueError(f"mesh file {path} is not a 2-D triangle mesh")
+    radii = np.linalg.norm(data.mesh.geometry.x[:, :2], axis=1)
+    r_max = comm.allreduce(float(radii.max()) if radii.size else 0.0, op=MPI.MAX)
+    if not math.isclose(r_max, tank.radius, rel_tol=1e-3):
+        raise ValueError(f"mesh file {path} has radius {r_max:g}, but the tank's radius is {tank.radius:g}")
+    _check_tags(data.facet_tags, tank, str(path), comm)
+    return TankMesh(data.mesh, data.facet_tags, tank, str(path))
