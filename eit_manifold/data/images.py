@@ -1,0 +1,145 @@
+"""Image families on the square ``[-1, 1]^2`` (the tank is the unit disk), values in ``[0, 1]``.
+
+``bars`` (d = 1)
+    A centred rectangle of length :data:`BAR_LENGTH` and width :data:`BAR_WIDTH`, rotated by an
+    angle ``theta`` uniform in ``[0, pi)``, value ``BAR_BACKGROUND + BAR_CONTRAST = 0.75`` on the
+    background ``BAR_BACKGROUND = 0.5``. The image only depends on ``theta`` modulo ``pi``; compare
+    angles with :func:`angle_error`. Parameters: ``{"angle": theta}``.
+``balls`` (d = 6)
+    Two disjoint disks inside the unit disk on the background ``BALL_BACKGROUND = 0.5``: a
+    conductive one of value ``0.9`` and a resistive one of value ``0.1`` (with the EIT map
+    ``sigma = 0.2 + 1.6 x``: background 1.0, disks 1.64 and 0.36). Radii are uniform in
+    ``[0.15, 0.35]``, centres uniform in the disk of radius ``0.9 - r``, disks at least 0.05
+    apart (rejection). Parameters: ``{"centres": (2, 2), "radii": (2,)}``.
+
+Edges are anti-aliased (linear ramp one pixel wide), so each family is a continuous manifold.
+Image ``i`` of a split is drawn from its own item seed: the train split uses item seeds
+``seed * 10**6 + i`` and the test split ``TEST_OFFSET + seed * 10**6 + i``, so train and test never
+overlap (for ``i < 10**6``, ``seed < 1000``). :func:`heldout_image` returns test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+BAR_BACKGROUND = 0.5
+BAR_CONTRAST = 0.25
+BAR_LENGTH = 1.2
+BAR_WIDTH = 0.3
+BALL_BACKGROUND = 0.5
+BALL_VALUES = (0.9, 0.1)
+BALL_RADII = (0.15, 0.35)
+BALL_MARGIN = 0.1
+BALL_GAP = 0.05
+TEST_OFFSET = 2**40
+PER_SEED = 10**6
+IMAGE_DATASETS = ("bars", "balls")
+IMAGE_LATENT_DIMS = {"bars": 1, "balls": 6}
+
+
+def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates ``(X, Y)`` of a ``size x size`` grid on ``[-1, 1]^2``.
+
+    Row 0 is ``y = +1`` (top), column 0 is ``x = -1``, so ``image[i, j]`` sits at
+    ``(X[i, j], Y[i, j])``.
+    """
+    c = (np.arange(size) + 0.5) / size * 2 - 1
+    return np.meshgrid(c, -c, indexing="xy")
+
+
+def _ramp(signed_distance: np.ndarray, size: int) -> np.ndarray:
+    """Coverage in ``[0, 1]`` from a signed distance (positive inside), one pixel wide ramp."""
+    h = 2.0 / size
+    return np.clip(0.5 + signed_distance / h, 0.0, 1.0)
+
+
+def render_bar(angle: float, size: int = 64) -> np.ndarray:
+    """The bar image for ``angle`` (radians), float32 ``(size, size)``."""
+    x, y = pixel_grid(size)
+    u = x * np.cos(angle) + y * np.sin(angle)
+    v = -x * np.sin(angle) + y * np.cos(angle)
+    inside = _ramp(BAR_LENGTH / 2 - np.abs(u), size) * _ramp(BAR_WIDTH / 2 - np.abs(v), size)
+    return (BAR_BACKGROUND + BAR_CONTRAST * inside).astype(np.float32)
+
+
+def render_balls(centres: np.ndarray, radii: np.ndarray, size: int = 64) -> np.ndarray:
+    """Two-disk image, float32 ``(size, size)``; disk ``j`` has value ``BALL_VALUES[j]``."""
+    x, y = pixel_grid(size)
+    img = np.full((size, size), BALL_BACKGROUND)
+    for (cx, cy), r, value in zip(centres, radii, BALL_VALUES, strict=True):
+        cover = _ramp(r - np.hypot(x - cx, y - cy), size)
+        img = img + (value - BALL_BACKGROUND) * cover
+    return img.astype(np.float32)
+
+
+def angle_error(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """Distance between bar angles modulo ``pi``, in ``[0, pi/2]``."""
+    d = np.mod(np.asarray(a) - np.asarray(b), np.pi)
+    return np.minimum(d, np.pi - d)
+
+
+def _bar_params(rng: np.random.Generator) -> dict:
+    return {"angle": float(rng.uniform(0.0, np.pi))}
+
+
+def _ball_params(rng: np.random.Generator) -> dict:
+    while True:
+        radii = rng.uniform(*BALL_RADII, 2)
+        rho = (1.0 - BALL_MARGIN - radii) * np.sqrt(rng.uniform(0, 1, 2))
+        phi = rng.uniform(0, 2 * np.pi, 2)
+        centres = np.stack([rho * np.cos(phi), rho * np.sin(phi)], axis=1)
+        if np.linalg.norm(centres[0] - centres[1]) >= radii.sum() + BALL_GAP:
+            return {"centres": centres, "radii": radii}
+
+
+_PARAMS: dict[str, Callable[[np.random.Generator], dict]] = {
+    "bars": _bar_params,
+    "balls": _ball_params,
+}
+
+
+def render(name: str, params: dict, size: int = 64) -> np.ndarray:
+    """Render an image of family ``name`` from its parameters."""
+    if name == "bars":
+        return render_bar(params["angle"], size)
+    if name == "balls":
+        return render_balls(np.asarray(params["centres"]), np.asarray(params["radii"]), size)
+    raise ValueError(f"unknown image family {name!r}; choose from {list(IMAGE_DATASETS)}")
+
+
+def image_from_seed(name: str, item_seed: int, size: int = 64) -> tuple[np.ndarray, dict]:
+    """The image of family ``name`` drawn from ``item_seed`` and its parameters."""
+    if name not in _PARAMS:
+        raise ValueError(f"unknown image family {name!r}; choose from {list(IMAGE_DATASETS)}")
+    if size < 8:
+        raise ValueError(f"image size must be at least 8, got {size}")
+    params = _PARAMS[name](np.random.default_rng(item_seed))
+    return render(name, params, size), params
+
+
+def item_seed(split: str, seed: int, index: int) -> int:
+    """Item seed of image ``index`` of ``split`` for dataset seed ``seed`` (disjoint splits)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not (0 <= index < PER_SEED and 0 <= seed < 1000):
+        raise ValueError(f"need 0 <= index < {PER_SEED} and 0 <= seed < 1000, got {index}, {seed}")
+    return (TEST_OFFSET if split == "test" else 0) + seed * PER_SEED + index
+
+
+def make_images(
+    name: str, n: int, split: str = "train", seed: int = 0, size: int = 64
+) -> tuple[np.ndarray, list[dict]]:
+    """``n`` images of family ``name``: float32 ``(n, size, size)`` and their parameters."""
+    pairs = [image_from_seed(name, item_seed(split, seed, i), size) for i in range(n)]
+    images = np.stack([p[0] for p in pairs]) if pairs else np.empty((0, size, size), np.float32)
+    return images, [p[1] for p in pairs]
+
+
+def heldout_image(name: str, index: int, size: int = 64) -> tuple[np.ndarray, dict]:
+    """The ``index``-th held-out (test split, seed 0) image of family ``name`` and its parameters.
+
+    Never part of any training set; ``simulate --phantom balls --seed S`` uses ``index = S``.
+    """
+    return image_from_seed(name, item_seed("test", 0, index), size)

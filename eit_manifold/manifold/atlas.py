@@ -1,0 +1,142 @@
+"""The atlas: a mixture of ``K`` charts (a mixture of VAEs).
+
+Mixture density ``p(x) = sum_k alpha_k p_k(x)``; training minimises
+``-mean_i log sum_k alpha_k exp(-L_k(x_i))`` with ``L_k`` the chart's negative ELBO. The gradient
+of this log-sum-exp equals ``sum_k beta_ik grad L_k(x_i)`` with the responsibilities
+``beta_ik = softmax_k(-L_k(x_i) + log alpha_k)``, i.e. the EM form with ``beta`` detached; no
+gradient flows through ``beta`` otherwise. At inference the responsibilities are noise-free
+(``z = Ehat(x)``), and the best chart of ``x`` is the one of highest responsibility.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from eit_manifold.manifold.chart import Chart, ChartConfig
+
+
+class Atlas(nn.Module):
+    """A mixture of charts sharing one architecture.
+
+    Parameters
+    ----------
+    cfg : ChartConfig
+        Architecture of every chart.
+    n_charts : int
+        Number of charts ``K``.
+    meta : dict, optional
+        Free-form metadata saved with the atlas (e.g. the dataset name).
+    """
+
+    def __init__(self, cfg: ChartConfig, n_charts: int, meta: dict | None = None) -> None:
+        super().__init__()
+        if n_charts < 1:
+            raise ValueError(f"n_charts must be >= 1, got {n_charts}")
+        self.cfg = cfg
+        self.meta = dict(meta or {})
+        self.charts = nn.ModuleList(Chart(cfg) for _ in range(n_charts))
+        self.register_buffer("log_weights", torch.full((n_charts,), -math.log(n_charts)))
+
+    @property
+    def n_charts(self) -> int:
+        """Number of charts ``K``."""
+        return len(self.charts)
+
+    @property
+    def latent_dim(self) -> int:
+        """Manifold dimension ``d``."""
+        return self.cfg.latent_dim
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one data item, e.g. ``(2,)`` or ``(64, 64)``."""
+        return self.cfg.data_shape
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """``(H, W)`` for image atlases, ``None`` for point data."""
+        return self.cfg.data_shape if self.cfg.is_image else None  # type: ignore[return-value]
+
+    @property
+    def weights(self) -> Tensor:
+        """Chart weights ``alpha`` (sum to 1)."""
+        return self.log_weights.exp()
+
+    def set_weights(self, alpha: Tensor, floor: float = 1e-3) -> None:
+        """Set ``alpha`` (clipped below at ``floor / K`` and renormalised)."""
+        alpha = alpha.detach().to(self.log_weights).clamp_min(floor / self.n_charts)
+        self.log_weights.copy_((alpha / alpha.sum()).log())
+
+    def set_normalization(self, shift: Tensor, scale: float) -> None:
+        """Set the data normalisation ``x_net = (x - shift) / scale`` of every chart."""
+        for chart in self.charts:
+            chart.shift.copy_(shift.to(chart.shift))
+            chart.scale.fill_(float(scale))
+
+    def _chart_index(self, k: int) -> int:
+        if not 0 <= k < self.n_charts:
+            raise ValueError(f"chart index must be in [0, {self.n_charts}), got {k}")
+        return k
+
+    def neg_elbo_matrix(
+        self, x: Tensor, noise: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Negative ELBO of every chart, ``(B, K)``, and noise-free encodings ``(B, K, d)``."""
+        losses, latents = zip(*(c.neg_elbo(x, noise, generator) for c in self.charts), strict=True)
+        return torch.stack(losses, dim=1), torch.stack(latents, dim=1)
+
+    def responsibilities(self, losses: Tensor) -> Tensor:
+        """``softmax_k(-L_k + log alpha_k)`` for a ``(B, K)`` matrix of negative ELBOs."""
+        return torch.softmax(-losses + self.log_weights, dim=1)
+
+    def mixture_loss(self, losses: Tensor) -> Tensor:
+        """``-mean_i log sum_k alpha_k exp(-L_ik)``."""
+        return -torch.logsumexp(-losses + self.log_weights, dim=1).mean()
+
+    def chart_probabilities(self, x: Tensor) -> Tensor:
+        """Noise-free responsibilities ``(B, K)`` (rows sum to 1)."""
+        losses, _ = self.neg_elbo_matrix(x, noise=False)
+        return self.responsibilities(losses)
+
+    def best_chart(self, x: Tensor) -> Tensor:
+        """Index ``(B,)`` of the chart with the highest noise-free responsibility."""
+        return self.chart_probabilities(x).argmax(dim=1)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Project every item through its best chart: ``G_k(E_k(x))``, shape of ``x``."""
+        x = self.charts[0].check_data(x)
+        best = self.best_chart(x)
+        out = torch.empty_like(x)
+        for k in best.unique().tolist():
+            idx = best == k
+            out[idx] = self.charts[k].project(x[idx])
+        return out
+
+    def sample_latent(self, k: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples of chart ``k``'s prior, ``(n, d)``."""
+        return self.charts[self._chart_index(k)].sample_latent(n, generator)
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, return_charts: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``n`` samples of the mixture: chart ``k ~ alpha``, ``w ~`` prior, ``x = G_k(w)``.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        generator : torch.Generator, optional
+            Random source.
+        return_charts : bool
+            Also return the chart index of each sample.
+        """
+        charts = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        w = self.charts[0].sample_latent(n, generator)
+        out = torch.empty((n, *self.data_shape), dtype=w.dtype)
+        for k in charts.unique().tolist():
+            idx = charts == k
+            out[idx] = self.charts[k].decode(w[idx])
+        return (out, charts) if return_charts else out
