@@ -18,7 +18,7 @@ def seed_everything(seed: int) -> np.random.Generator:
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (legacy global state that third-party code may use)
     try:
         import torch
     except ImportError:  # torch is a dependency, but the EIT layer must not need it

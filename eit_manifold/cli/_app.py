@@ -14,6 +14,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """eit-manifold: EIT with the complete electrode model, learned atlases, Riemannian descent."""
+
+
 # Errors a user can cause: reported in one line, exit status 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FileExistsError, PermissionError)
 

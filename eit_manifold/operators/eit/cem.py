@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dolfinx
+import dolfinx_solver  # noqa: F401,I001
 import numpy as np
 import scipy.sparse as sp
+from petsc4py import PETSc
 
 from eit_manifold.operators.eit.mesh import TankMesh
-
-import dolfinx_solver  # noqa: F401,I001
-import dolfinx
-from petsc4py import PETSc
 
 
 def check_conductivity(sigma: np.ndarray, n_cells: int) -> np.ndarray:
@@ -42,7 +41,7 @@ def check_conductivity(sigma: np.ndarray, n_cells: int) -> np.ndarray:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"conductivity must be positive and finite: cell {i} has {sigma[i]!r} "
+            f"conductivity must be positive and finite: cell {i} has {float(sigma[i])!r} "
             f"({int(bad.sum())} bad value(s) in all)"
         )
     return sigma
@@ -240,7 +239,8 @@ class _CholeskySolver:
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """Solve K X = rhs for rhs of shape (N, P); returns (N, P)."""
-        b = PETSc.Mat().createDense(rhs.shape, array=np.asfortranarray(rhs, dtype=PETSc.ScalarType), comm=PETSc.COMM_SELF)
+        array = np.asfortranarray(rhs, dtype=PETSc.ScalarType)
+        b = PETSc.Mat().createDense(rhs.shape, array=array, comm=PETSc.COMM_SELF)
         x = b.duplicate()
         self._factor.matSolve(b, x)
         out = x.getDenseArray().copy()

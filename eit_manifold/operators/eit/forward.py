@@ -1,0 +1,100 @@
+"""The CEM forward model of one tank mesh with fixed current patterns and measurements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from eit_manifold.operators.eit.cem import CEMFactorization, CEMSolution, CEMSystem
+from eit_manifold.operators.eit.mesh import TankMesh
+from eit_manifold.operators.eit.patterns import injection_patterns, measurement_matrix
+from eit_manifold.operators.eit.pixels import pixel_to_cell_matrix
+
+
+@dataclass
+class ForwardResult:
+    """One forward solve: data, and the state an adjoint needs."""
+
+    measurements: np.ndarray  # (P, M)
+    solution: CEMSolution
+    factorization: CEMFactorization
+
+    @property
+    def electrode_potentials(self) -> np.ndarray:
+        """Grounded electrode potentials (P, L)."""
+        return self.solution.electrode_potentials
+
+
+class CEMForwardModel:
+    """sigma (per cell) -> measurements (P, M) for fixed patterns, with adjoints.
+
+    Parameters
+    ----------
+    tank_mesh : TankMesh
+        The mesh (its tank gives electrodes and contact impedances).
+    injection : str or array (P, L)
+        Current patterns, see :func:`~eit_manifold.operators.eit.patterns.injection_patterns`.
+    measurement : str or array (M, L)
+        Measurement matrix, see :func:`~eit_manifold.operators.eit.patterns.measurement_matrix`.
+    amplitude : float
+        Injected current of the named patterns.
+    """
+
+    def __init__(
+        self,
+        tank_mesh: TankMesh,
+        injection: str | np.ndarray = "adjacent",
+        measurement: str | np.ndarray = "adjacent",
+        amplitude: float = 1.0,
+    ):
+        self.tank_mesh = tank_mesh
+        self.tank = tank_mesh.tank
+        self.system = CEMSystem(tank_mesh)
+        L = self.tank.n_electrodes
+        self.currents = injection_patterns(injection, L, amplitude)
+        self.measurement_matrix = measurement_matrix(measurement, L)
+        self._pixel_maps: dict[tuple[int, int], sp.csr_matrix] = {}
+
+    @property
+    def n_cells(self) -> int:
+        return self.system.n_cells
+
+    @property
+    def data_shape(self) -> tuple[int, int]:
+        """(P, M): patterns by measurements."""
+        return self.currents.shape[0], self.measurement_matrix.shape[0]
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return self.system.disc.centroids
+
+    def pixel_map(self, image_shape: tuple[int, int]) -> sp.csr_matrix:
+        """The (cached) pixel -> cell matrix for images of ``image_shape`` on [-R, R]^2."""
+        key = (int(image_shape[0]), int(image_shape[1]))
+        if key not in self._pixel_maps:
+            d = self.system.disc
+            self._pixel_maps[key] = pixel_to_cell_matrix(d.coordinates, d.cells, key, self.tank.radius)
+        return self._pixel_maps[key]
+
+    def solve(self, sigma: np.ndarray) -> ForwardResult:
+        """Factorise K(sigma) and solve all patterns in one multi-right-hand-side solve."""
+        fac = self.system.factorize(sigma)
+        sol = fac.solve(self.currents)
+        return ForwardResult(sol.electrode_potentials @ self.measurement_matrix.T, sol, fac)
+
+    def measurements(self, sigma: np.ndarray) -> np.ndarray:
+        """Data (P, M) for the per-cell conductivity ``sigma``."""
+        return self.solve(sigma).measurements
+
+    def vjp(self, result: ForwardResult, grad_measurements: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. sigma of ``<grad_measurements, measurements>``; shape (n_cells,)."""
+        g = np.asarray(grad_measurements, dtype=float)
+        if g.shape != self.data_shape:
+            raise ValueError(f"gradient must have the data's shape {self.data_shape}, got {g.shape}")
+        return result.factorization.electrode_adjoint(result.solution, g @ self.measurement_matrix)
+
+    def jacobian(self, result: ForwardResult) -> np.ndarray:
+        """Jacobian of the measurements w.r.t. sigma, shape (P, M, n_cells)."""
+        return result.factorization.electrode_jacobian(result.solution, self.measurement_matrix)

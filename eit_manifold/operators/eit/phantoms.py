@@ -1,0 +1,97 @@
+"""Conductivity phantoms evaluated on the cells of a tank mesh."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Ellipse:
+    """An elliptic inclusion of constant conductivity (a disk when both semi-axes are equal).
+
+    Parameters
+    ----------
+    center : (float, float)
+        Centre (x, y).
+    semi_axes : (float, float)
+        Semi-axes along the rotated x and y directions (> 0).
+    sigma : float
+        Conductivity inside (> 0).
+    angle : float
+        Rotation in radians, counter-clockwise.
+    """
+
+    center: tuple[float, float]
+    semi_axes: tuple[float, float]
+    sigma: float
+    angle: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.semi_axes) <= 0:
+            raise ValueError(f"ellipse semi-axes must be > 0, got {self.semi_axes}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"inclusion conductivity must be positive and finite, got {self.sigma!r}")
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """Boolean mask of the points (n, 2) inside the ellipse."""
+        d = points - np.asarray(self.center)
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        u = (c * d[:, 0] + s * d[:, 1]) / self.semi_axes[0]
+        v = (-s * d[:, 0] + c * d[:, 1]) / self.semi_axes[1]
+        return u**2 + v**2 <= 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "center": list(self.center), "semi_axes": list(self.semi_axes), "sigma": self.sigma, "angle": self.angle
+        }
+
+
+def disk(center: tuple[float, float], radius: float, sigma: float) -> Ellipse:
+    """A disk-shaped inclusion."""
+    return Ellipse(center, (radius, radius), sigma)
+
+
+def inclusion_conductivity(
+    centroids: np.ndarray, background: float, inclusions: list[Ellipse] | tuple[Ellipse, ...]
+) -> np.ndarray:
+    """Per-cell conductivity: ``background`` with the inclusions painted in order (later wins).
+
+    Cells are assigned by their centroid.
+    """
+    if not (math.isfinite(background) and background > 0):
+        raise ValueError(f"background conductivity must be positive and finite, got {background!r}")
+    sigma = np.full(centroids.shape[0], float(background))
+    for inc in inclusions:
+        sigma[inc.contains(centroids)] = inc.sigma
+    return sigma
+
+
+def default_disks(radius: float, background: float = 1.0) -> list[Ellipse]:
+    """The default two-disk phantom: one conductive and one resistive disk."""
+    return [
+        disk((0.35 * radius, 0.3 * radius), 0.25 * radius, 2.0 * background),
+        disk((-0.4 * radius, -0.25 * radius), 0.2 * radius, 0.3 * background),
+    ]
+
+
+def image_to_conductivity(image: np.ndarray, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """Map image values x in [0, 1] to sigma = sigma_min + (sigma_max - sigma_min) x.
+
+    Raises
+    ------
+    ValueError
+        If the image has values outside [0, 1] or non-finite values, or sigma_min is not in
+        (0, sigma_max).
+    """
+    image = np.asarray(image, dtype=float)
+    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not np.all(np.isfinite(image)):
+        raise ValueError("image contains non-finite values")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"image values must lie in [0, 1], got range [{lo:g}, {hi:g}]")
+    return sigma_min + (sigma_max - sigma_min) * image

@@ -1,0 +1,34 @@
+"""Shared fixtures: small meshes are cached per session (meshing is the slow part of setup)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from eit_manifold.operators.eit.geometry import Tank
+from eit_manifold.operators.eit.mesh import MeshOptions, create_tank_mesh, tank_mesh
+
+
+@functools.cache
+def cached_mesh(name_or_size: str | float, n_electrodes: int = 16):
+    tank = Tank(n_electrodes=n_electrodes)
+    if isinstance(name_or_size, str):
+        return tank_mesh(tank, name_or_size)
+    return create_tank_mesh(tank, MeshOptions(name_or_size, 5.0, 3.0))
+
+
+@pytest.fixture
+def tiny_mesh():
+    """A very coarse mesh (~1 000 cells) for fast structural tests."""
+    return cached_mesh(0.2)
+
+
+@pytest.fixture
+def coarse_mesh():
+    return cached_mesh("coarse")
+
+
+@pytest.fixture
+def default_mesh():
+    return cached_mesh("default")
