@@ -76,8 +76,9 @@ class AnalyticAtlas:
                 out[m] = ch.decode(ch.encode(x[m]))
         return out
 
-    def sample_latent(self, k: int, n: int) -> Tensor:
-        return (torch.rand(n, self.latent_dim, dtype=torch.float64) * 2 - 1) * 0.8
+    def sample_latent(self, k: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+        u = torch.rand(n, self.latent_dim, dtype=torch.float64, generator=generator)
+        return (u * 2 - 1) * 0.8
 
 
 def circle_atlas() -> AnalyticAtlas:

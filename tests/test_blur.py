@@ -84,3 +84,11 @@ def test_bad_parameters(kwargs: dict, match: str) -> None:
 def test_bad_image_shape() -> None:
     with pytest.raises(ValueError, match="shape"):
         GaussianBlur(3, 1.0)(torch.zeros(5))
+
+
+@pytest.mark.parametrize("size", [10, 7])
+def test_separable_matrices_match_convolution(size: int) -> None:
+    op = GaussianBlur(size, 2.5)
+    x = torch.randn(2, 18, 12, dtype=torch.float64)
+    kh, kw = op.matrix_1d(18), op.matrix_1d(12)
+    assert torch.allclose(kh @ x @ kw.T, op.linear(x), atol=1e-14)

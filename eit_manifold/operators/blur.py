@@ -137,6 +137,21 @@ class GaussianBlur(nn.Module):
         size, std = paper_kernel_params(image_size)
         return cls(size, std, background=background, noise_std=noise_std)
 
+    def matrix_1d(self, n: int) -> Tensor:
+        """The ``n x n`` matrix of the 1-D factor: the blur is separable, ``A0 X = K X K^T``.
+
+        The kernel is ``g g^T`` for the normalised 1-D Gaussian ``g`` (its row sums), so on an
+        ``H x W`` image ``A0 X = K_H X K_W^T`` with ``K_n = matrix_1d(n)`` (same padding as
+        :func:`blur`). Used by the direct and primal-dual baselines.
+        """
+        if int(n) != n or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        g = self.kernel.sum(dim=1)
+        lo, hi = _padding(self.kernel_size)
+        eye = torch.eye(int(n), dtype=g.dtype)[:, None, :]  # n signals e_j
+        cols = F.conv1d(F.pad(eye, (lo, hi)), torch.flip(g, (0,))[None, None])
+        return cols[:, 0, :].T.contiguous()
+
     def linear(self, x: Tensor) -> Tensor:
         """Linear part ``k * x``."""
         return blur(x, self.kernel)

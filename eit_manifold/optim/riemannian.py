@@ -249,8 +249,13 @@ class RiemannianDescent:
         return f.detach(), g.detach()
 
     # ------------------------------------------------------------------ starting points
-    def initial_points(self, n_starts: int) -> tuple[Tensor, Tensor]:
-        """Prior samples spread round-robin over the charts: returns ``(w, charts)``."""
+    def initial_points(
+        self, n_starts: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Prior samples spread round-robin over the charts: returns ``(w, charts)``.
+
+        ``generator`` is passed to ``atlas.sample_latent`` when given (else the global RNG).
+        """
         if int(n_starts) != n_starts or n_starts < 1:
             raise ValueError(f"n_starts must be a positive integer, got {n_starts!r}")
         k_all = torch.arange(n_starts) % self.atlas.n_charts
@@ -258,15 +263,22 @@ class RiemannianDescent:
         for k in range(self.atlas.n_charts):
             n_k = int((k_all == k).sum())
             if n_k:
-                ws.append((k, self.atlas.sample_latent(k, n_k).detach()))
+                kw = {} if generator is None else {"generator": generator}
+                ws.append((k, self.atlas.sample_latent(k, n_k, **kw).detach()))
         w = torch.zeros((n_starts, ws[0][1].shape[1]), dtype=ws[0][1].dtype)
         for k, wk in ws:
             w[k_all == k] = wk.to(w.dtype)
         return w, k_all
 
-    def _start_state(self, n_starts: int, x0: Tensor | None, chart0: Tensor | None) -> _State:
+    def _start_state(
+        self,
+        n_starts: int,
+        x0: Tensor | None,
+        chart0: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> _State:
         if x0 is None:
-            w, chart = self.initial_points(n_starts)
+            w, chart = self.initial_points(n_starts, generator)
         else:
             x0 = x0.detach()
             with torch.no_grad():
@@ -408,7 +420,11 @@ class RiemannianDescent:
 
     # ------------------------------------------------------------------ public entry point
     def run(
-        self, n_starts: int = 8, x0: Tensor | None = None, chart0: Tensor | None = None
+        self,
+        n_starts: int = 8,
+        x0: Tensor | None = None,
+        chart0: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> DescentResult:
         """Minimise the objective from ``n_starts`` prior samples (or from ``x0``).
 
@@ -420,13 +436,15 @@ class RiemannianDescent:
             Starting data points ``(B, *data_shape)``; they are first projected onto a chart.
         chart0 : Tensor, optional
             Chart of each ``x0`` (default: the most responsible chart).
+        generator : torch.Generator, optional
+            Random source of the prior samples.
 
         Returns
         -------
         DescentResult
             Best start's point, all starts' final states, and the history.
         """
-        st = self._start_state(n_starts, x0, chart0)
+        st = self._start_state(n_starts, x0, chart0, generator)
         b = st.x.shape[0]
         objs, charts, steps, sw = [st.f.numpy().copy()], [st.chart.numpy().copy()], [], []
         iterates = [st.x.reshape(b, -1).double().numpy().copy()] if self.record_iterates else None
