@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml scripts/find_python.sh
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/eit-manifold demo --out results/demo
+	$(VENV)/bin/eit-manifold simulate --seed 0 --out results/demo/data.npz --plot results/demo/data.png
 
 test: setup
-	$(VENV)/bin/pytest -m "not slow" -q
+	$(VENV)/bin/pytest -m "not slow" -q --timeout=900
 
 test-all: setup
 	$(VENV)/bin/pytest -q
