@@ -1,0 +1,21 @@
+"""EIT with the complete electrode model: geometry, meshes, CEM solver and the torch operator."""
+
+from eit_manifold.operators.eit.autograd import (
+    EITOperator,
+    image_to_conductivity,
+    log_conductivity_to_conductivity,
+)
+from eit_manifold.operators.eit.forward import CEMForwardModel
+from eit_manifold.operators.eit.geometry import Tank
+from eit_manifold.operators.eit.mesh import MeshOptions, TankMesh, tank_mesh
+
+__all__ = [
+    "CEMForwardModel",
+    "EITOperator",
+    "MeshOptions",
+    "Tank",
+    "TankMesh",
+    "image_to_conductivity",
+    "log_conductivity_to_conductivity",
+    "tank_mesh",
+]
