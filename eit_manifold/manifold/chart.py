@@ -86,9 +86,7 @@ class ChartConfig:
             h, w = self.data_shape
             step = 2**self.levels
             if h % step or w % step:
-                raise ValueError(
-                    f"image shape {self.data_shape} must be divisible by 2**levels = {step}"
-                )
+                raise ValueError(f"image shape {self.data_shape} must be divisible by 2**levels = {step}")
             if self.coarse_dim < max(2, self.latent_dim + 1):
                 raise ValueError(f"coarse grid too small for latent_dim={self.latent_dim}")
         for name in ("sigma_hd", "sigma_ld", "prior_flat", "prior_tail", "clamp"):
@@ -224,8 +222,7 @@ class Chart(nn.Module):
             raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() != len(self.data_shape) + 1 or tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(
-                f"expected data of shape (B, {', '.join(map(str, self.data_shape))}), "
-                f"got {tuple(x.shape)}"
+                f"expected data of shape (B, {', '.join(map(str, self.data_shape))}), got {tuple(x.shape)}"
             )
         return x.to(self.shift.dtype)
 
@@ -234,9 +231,7 @@ class Chart(nn.Module):
         if not isinstance(w, Tensor):
             raise TypeError(f"expected a torch.Tensor, got {type(w).__name__}")
         if w.dim() != 2 or w.shape[1] != self.latent_dim:
-            raise ValueError(
-                f"expected latents of shape (B, {self.latent_dim}), got {tuple(w.shape)}"
-            )
+            raise ValueError(f"expected latents of shape (B, {self.latent_dim}), got {tuple(w.shape)}")
         return w.to(self.shift.dtype)
 
     def to_net(self, x: Tensor) -> Tensor:
@@ -308,8 +303,6 @@ class Chart(nn.Module):
         rec = self.decoder(z)
         rec_term = (xn - rec).pow(2).reshape(x.shape[0], -1).sum(1) / (2 * cfg.sigma_hd**2)
         w, log_det_inv = self.flow.inverse_and_log_det(z)
-        loss = (
-            rec_term + self.prior.energy(w) - log_det_inv - cfg.latent_dim * math.log(cfg.sigma_ld)
-        )
+        loss = rec_term + self.prior.energy(w) - log_det_inv - cfg.latent_dim * math.log(cfg.sigma_ld)
         w_clean = w if not noise else self.flow.inverse(z_hat)
         return loss, w_clean

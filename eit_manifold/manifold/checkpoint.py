@@ -57,8 +57,7 @@ def validate_state_dict(module: torch.nn.Module, state: Any, source: str) -> Non
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"{source} does not match the model: missing keys {missing[:5]}, "
-            f"unexpected keys {unexpected[:5]}"
+            f"{source} does not match the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
         )
     for key, ref in expected.items():
         value = state[key]
@@ -66,13 +65,10 @@ def validate_state_dict(module: torch.nn.Module, state: Any, source: str) -> Non
             raise ValueError(f"{source}: entry {key!r} is not a tensor")
         if value.shape != ref.shape:
             raise ValueError(
-                f"{source}: entry {key!r} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(ref.shape)}"
+                f"{source}: entry {key!r} has shape {tuple(value.shape)}, the model expects {tuple(ref.shape)}"
             )
         if value.dtype != ref.dtype:
-            raise ValueError(
-                f"{source}: entry {key!r} has dtype {value.dtype}, expected {ref.dtype}"
-            )
+            raise ValueError(f"{source}: entry {key!r} has dtype {value.dtype}, expected {ref.dtype}")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ValueError(f"{source}: entry {key!r} contains non-finite values")
 
@@ -108,9 +104,7 @@ def atlas_from_config(config: dict, source: str) -> Atlas:
     """Build an untrained atlas from a parsed ``config.json`` (validated)."""
     if not isinstance(config, dict) or config.get("format") != ATLAS_FORMAT:
         fmt = config.get("format") if isinstance(config, dict) else None
-        raise ValueError(
-            f"{source}: not an atlas config (format {fmt!r}, expected {ATLAS_FORMAT!r})"
-        )
+        raise ValueError(f"{source}: not an atlas config (format {fmt!r}, expected {ATLAS_FORMAT!r})")
     try:
         cfg = ChartConfig.from_dict(config["chart"])
         n_charts = int(config["n_charts"])
@@ -167,9 +161,7 @@ def load_atlas(name_or_dir: str | os.PathLike) -> Atlas:
         raise FileNotFoundError(f"file not found: {weights_path}")
     digest = config.get("sha256")
     if digest is not None and digest != _sha256(weights_path):
-        raise ValueError(
-            f"{weights_path} is corrupt or does not belong to {config_path} (hash mismatch)"
-        )
+        raise ValueError(f"{weights_path} is corrupt or does not belong to {config_path} (hash mismatch)")
     state = _torch_load(weights_path)
     validate_state_dict(atlas, state, str(weights_path))
     atlas.load_state_dict(state)

@@ -207,9 +207,7 @@ class ConvCoupling(AffineCoupling):
         Soft clamp of the log-scale.
     """
 
-    def __init__(
-        self, channels: int, hidden: int = 32, kernel_size: int = 3, clamp: float = 2.0
-    ) -> None:
+    def __init__(self, channels: int, hidden: int = 32, kernel_size: int = 3, clamp: float = 2.0) -> None:
         c1 = channels // 2
         pad = kernel_size // 2
         conditioner = nn.Sequential(
@@ -250,24 +248,33 @@ class OrthogonalMixing(InvertibleModule):
         self.register_buffer("q0", random_orthogonal(n) if random_init else torch.eye(n))
         self.raw = nn.Parameter(torch.zeros(n, n))
 
+    def _base(self, dtype: torch.dtype) -> Tensor:
+        """``Q0`` re-orthonormalised in ``dtype`` (cached), so ``Q`` is orthogonal to round-off."""
+        key = (dtype, self.q0.data_ptr(), self.q0._version)
+        if getattr(self, "_base_key", None) != key:
+            q, r = torch.linalg.qr(self.q0.detach().to(dtype))
+            self._base_cache = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+            self._base_key = key
+        return self._base_cache
+
     def matrix(self) -> Tensor:
         """The current orthogonal matrix ``Q``."""
         a = torch.triu(self.raw, diagonal=1)
         a = a - a.T
         eye = torch.eye(self.n, dtype=a.dtype, device=a.device)
-        return self.q0 @ torch.linalg.solve(eye + a, eye - a)
+        return self._base(a.dtype) @ torch.linalg.solve(eye + a, eye - a)
 
     @staticmethod
-    def _apply(q: Tensor, x: Tensor) -> Tensor:
+    def _mix(q: Tensor, x: Tensor) -> Tensor:
         if x.dim() == 2:
             return x @ q.T
         return torch.einsum("oc,bc...->bo...", q, x)
 
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._apply(self.matrix(), x), x.new_zeros(x.shape[0])
+        return self._mix(self.matrix(), x), x.new_zeros(x.shape[0])
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self._apply(self.matrix().T, y), y.new_zeros(y.shape[0])
+        return self._mix(self.matrix().T, y), y.new_zeros(y.shape[0])
 
 
 class InvertibleDownsample(InvertibleModule):

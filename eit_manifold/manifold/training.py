@@ -192,9 +192,7 @@ def lipschitz_penalty(atlas: Atlas, n: int, delta: float, generator: torch.Gener
     return total / atlas.n_charts
 
 
-def overlap_weights(
-    losses: Tensor, latents: Tensor, log_weights: Tensor, edge: float, margin: float
-) -> Tensor:
+def overlap_weights(losses: Tensor, latents: Tensor, log_weights: Tensor, edge: float, margin: float) -> Tensor:
     """Detached responsibilities with edge points split between best and second-best chart.
 
     A point is split when its latent in the best chart has ``max_j |w_j| > edge`` and the
@@ -234,16 +232,12 @@ def _epoch_loss(
     losses, latents = atlas.neg_elbo_matrix(batch, True, generator)
     beta = atlas.responsibilities(losses).detach()
     if phase == "overlap":
-        weights = overlap_weights(
-            losses, latents, atlas.log_weights, cfg.overlap_edge, cfg.overlap_margin
-        )
+        weights = overlap_weights(losses, latents, atlas.log_weights, cfg.overlap_edge, cfg.overlap_margin)
         loss = (weights * losses).sum(1).mean()
     else:
         loss = atlas.mixture_loss(losses)
     if cfg.lipschitz_on(epoch) and cfg.lipschitz_weight > 0:
-        loss = loss + cfg.lipschitz_weight * lipschitz_penalty(
-            atlas, len(batch), cfg.lipschitz_delta, generator
-        )
+        loss = loss + cfg.lipschitz_weight * lipschitz_penalty(atlas, len(batch), cfg.lipschitz_delta, generator)
     return loss, beta
 
 

@@ -1,0 +1,134 @@
+"""Atlas API, bounded prior, and checkpoint save/load with validation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from eit_manifold.manifold import Atlas, ChartConfig, bundled_atlases, load_atlas, save_atlas
+from eit_manifold.manifold.flows import BoundedPrior
+
+
+def _atlas(k: int = 3, seed: int = 0, **cfg) -> Atlas:
+    torch.manual_seed(seed)
+    atlas = Atlas(ChartConfig(data_shape=(3,), latent_dim=2, blocks=2, hidden=8, **cfg), k)
+    with torch.no_grad():
+        for p in atlas.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return atlas.eval()
+
+
+def test_bounded_prior_density_and_samples() -> None:
+    prior = BoundedPrior(1)
+    t = torch.linspace(-2, 2, 40001).unsqueeze(1)
+    mass = prior.log_prob(t).exp().sum() * (4 / 40000)
+    assert mass == pytest.approx(1.0, abs=1e-3)
+    assert prior.energy(torch.tensor([[0.79], [1.0]])).tolist() == pytest.approx([0.0, 8.0])
+    s = BoundedPrior(2).sample(20000, torch.Generator().manual_seed(0))
+    assert s.abs().max() < 1.3
+    inside = (s.abs() <= 0.8).float().mean().item()
+    assert inside == pytest.approx(1.6 / (1.6 + math.sqrt(2 * math.pi) * 0.05), abs=0.01)
+
+
+def test_atlas_api_shapes() -> None:
+    atlas = _atlas()
+    assert (atlas.n_charts, atlas.latent_dim, atlas.data_shape, atlas.image_shape) == (3, 2, (3,), None)
+    x, charts = atlas.sample(50, torch.Generator().manual_seed(0), return_charts=True)
+    assert x.shape == (50, 3) and charts.shape == (50,) and set(charts.tolist()) <= {0, 1, 2}
+    probs = atlas.chart_probabilities(x)
+    assert probs.shape == (50, 3)
+    assert torch.allclose(probs.sum(1), torch.ones(50))
+    # a sample of chart k is (numerically) on chart k, so its projection there returns it
+    with torch.no_grad():
+        w = atlas.sample_latent(1, 10)
+        xk = atlas.charts[1].decode(w)
+        assert torch.allclose(atlas.charts[1].encode(xk), w, atol=1e-5)
+        proj = atlas.project(xk + 0.05)
+        assert torch.allclose(atlas.project(proj), proj, atol=1e-4)
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    atlas = _atlas()
+    with pytest.raises(ValueError, match=r"expected data of shape \(B, 3\), got \(4, 2\)"):
+        atlas.project(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"expected latents of shape \(B, 2\)"):
+        atlas.charts[0].decode(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="chart index"):
+        atlas.sample_latent(5, 2)
+    with pytest.raises(ValueError, match="latent_dim"):
+        ChartConfig(data_shape=(3,), latent_dim=3)
+    with pytest.raises(ValueError, match="divisible"):
+        ChartConfig(data_shape=(60, 60), latent_dim=2)
+
+
+def test_save_load_roundtrip(tmp_path) -> None:
+    atlas = _atlas()
+    atlas.set_weights(torch.tensor([0.2, 0.3, 0.5]))
+    save_atlas(atlas, tmp_path)
+    loaded = load_atlas(tmp_path)
+    assert not loaded.training
+    x = atlas.sample(20, torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.project(x), atlas.project(x))
+    assert torch.allclose(loaded.weights, torch.tensor([0.2, 0.3, 0.5]))
+
+
+def test_corrupt_and_mismatched_files_are_rejected(tmp_path) -> None:
+    atlas = _atlas()
+    save_atlas(atlas, tmp_path / "a")
+    weights = tmp_path / "a" / "atlas.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="hash mismatch"):
+        load_atlas(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    config.pop("sha256")
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="corrupt checkpoint file"):
+        load_atlas(tmp_path / "a")
+
+    # weights of a different architecture under a valid config: error names the entry
+    save_atlas(atlas, tmp_path / "b")
+    save_atlas(_atlas(k=1), tmp_path / "c")
+    (tmp_path / "b" / "atlas.pt").write_bytes((tmp_path / "c" / "atlas.pt").read_bytes())
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    config.pop("sha256")
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match the model: missing keys"):
+        load_atlas(tmp_path / "b")
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt JSON"):
+        load_atlas(tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="no atlas"):
+        load_atlas(tmp_path / "missing")
+
+
+def test_shape_mismatch_names_entry(tmp_path) -> None:
+    save_atlas(_atlas(k=2), tmp_path / "a")
+    state = torch.load(tmp_path / "a" / "atlas.pt")
+    key = next(k for k in state if k.endswith("raw"))
+    state[key] = torch.zeros(7, 7)
+    torch.save(state, tmp_path / "a" / "atlas.pt")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    config.pop("sha256")
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"entry '{key}' has shape \(7, 7\)"):
+        load_atlas(tmp_path / "a")
+
+
+@pytest.mark.parametrize("name", ["bars", "bars-k1", "balls", "balls-k1"])
+def test_bundled_atlases_load(name: str) -> None:
+    if name not in bundled_atlases():
+        pytest.skip(f"bundled atlas {name} not shipped")
+    atlas = load_atlas(name)
+    assert atlas.image_shape == (64, 64)
+    assert atlas.n_charts == (1 if name.endswith("k1") else 2)
+    x = atlas.sample(4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 64, 64)
+    with torch.no_grad():
+        w = atlas.sample_latent(0, 3)
+        back = atlas.charts[0].encode(atlas.charts[0].decode(w))
+    assert torch.allclose(back, w, atol=1e-4)

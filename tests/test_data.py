@@ -1,0 +1,84 @@
+"""Datasets: determinism, disjoint splits, true distances, image families."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eit_manifold.data import DATASETS, distance_to_manifold, heldout_image, make_dataset
+from eit_manifold.data.images import (
+    BALL_BACKGROUND,
+    BAR_BACKGROUND,
+    BAR_CONTRAST,
+    angle_error,
+    make_images,
+    render_bar,
+)
+from eit_manifold.data.toy import TOY_DATASETS
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_datasets_are_deterministic_and_splits_differ(name: str) -> None:
+    a = make_dataset(name, 20, "train", seed=3, size=32)
+    b = make_dataset(name, 20, "train", seed=3, size=32)
+    test = make_dataset(name, 20, "test", seed=3, size=32)
+    other = make_dataset(name, 20, "train", seed=4, size=32)
+    assert a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    flat = lambda x: {tuple(np.round(v.ravel(), 6)) for v in x}  # noqa: E731
+    assert not flat(a) & flat(test)
+    assert not flat(a) & flat(other)
+
+
+@pytest.mark.parametrize("name", TOY_DATASETS)
+def test_toy_samples_lie_on_their_manifold(name: str) -> None:
+    x = make_dataset(name, 300)
+    assert distance_to_manifold(name, x).max() < 1e-3
+    # pushing points along a random direction by 0.3 moves most of them off the manifold
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(x.shape)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert np.median(distance_to_manifold(name, x + 0.3 * v)) > 0.05
+
+
+def test_known_distances() -> None:
+    pts = np.array([[0.0, 0.0], [1.5, 0.0], [2.5, 0.0], [-1.5, 3.0]])
+    np.testing.assert_allclose(distance_to_manifold("two-circles", pts), [0.5, 1.0, 0.0, 2.0])
+    np.testing.assert_allclose(distance_to_manifold("sphere", np.array([[0, 0, 3.0]])), [2.0])
+    np.testing.assert_allclose(distance_to_manifold("torus", np.array([[1.0, 0, 0]])), [0.4])
+    np.testing.assert_allclose(distance_to_manifold("ring", np.array([[0, 0, 0.0]])), [0.5])
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        distance_to_manifold("sphere", np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="unknown"):
+        make_dataset("moebius", 3)
+
+
+def test_bars_angle_and_values() -> None:
+    images, params = make_images("bars", 10, size=64)
+    assert images.shape == (10, 64, 64)
+    assert images.min() >= BAR_BACKGROUND - 1e-6
+    assert images.max() <= BAR_BACKGROUND + BAR_CONTRAST + 1e-6
+    for img, p in zip(images, params, strict=True):
+        assert 0 <= p["angle"] < np.pi
+        np.testing.assert_allclose(img, render_bar(p["angle"] + np.pi), atol=1e-5)
+    horizontal = render_bar(0.0, 64)
+    assert horizontal[32, 20] > horizontal[20, 32]  # the bar lies along x at angle 0
+    assert angle_error(0.05, np.pi - 0.05) == pytest.approx(0.1)
+
+
+def test_balls_inside_tank_and_in_range() -> None:
+    images, params = make_images("balls", 30, size=64)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    for p in params:
+        centres, radii = np.asarray(p["centres"]), np.asarray(p["radii"])
+        assert np.all(np.linalg.norm(centres, axis=1) + radii <= 0.9 + 1e-9)
+        assert np.linalg.norm(centres[0] - centres[1]) >= radii.sum()
+    assert np.isclose(np.median(images), BALL_BACKGROUND)
+
+
+def test_heldout_images_are_test_items_and_128_works() -> None:
+    test = make_dataset("balls", 3, "test", size=32)
+    img, params = heldout_image("balls", 2, size=32)
+    np.testing.assert_array_equal(img, test[2])
+    assert set(params) == {"centres", "radii"}
+    assert make_dataset("bars", 2, size=128).shape == (2, 128, 128)
