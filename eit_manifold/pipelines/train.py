@@ -11,7 +11,6 @@ Output directory layout::
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import sys
@@ -296,6 +295,7 @@ def run_train(
     summary["history"] = history
     summary["finished"] = bool(history) and history[-1]["epoch"] == job.train.epochs
     summary["torch_threads"] = torch.get_num_threads()
+    summary["parameters"] = count_parameters(atlas)
     if summary["finished"]:
         save_atlas(
             atlas, out, extra={"command": command, "train_seconds": summary["train_seconds"]}
@@ -314,7 +314,3 @@ def count_parameters(atlas: Atlas) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in atlas.parameters())
 
-
-def size_ok(size: int, levels: int = 3) -> bool:
-    """Whether an image size is compatible with ``levels`` up-samplings."""
-    return size > 0 and size % (2**levels) == 0 and math.log2(size) >= levels
