@@ -11,9 +11,10 @@ import numpy as np
 from eit_manifold.plotting import save_figure
 
 
-def _draw_cells(ax: plt.Axes, coordinates: np.ndarray, cells: np.ndarray, values: np.ndarray, title: str,
+def _draw_cells(ax: plt.Axes, vertices: np.ndarray, values: np.ndarray, title: str,
                 vmin: float | None = None, vmax: float | None = None) -> None:
-    tri = mtri.Triangulation(coordinates[:, 0], coordinates[:, 1], cells)
+    points = vertices.reshape(-1, 2)
+    tri = mtri.Triangulation(points[:, 0], points[:, 1], np.arange(points.shape[0]).reshape(-1, 3))
     im = ax.tripcolor(tri, facecolors=values, cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_aspect("equal")
     ax.set_title(title)
@@ -40,17 +41,19 @@ def _draw_data(ax: plt.Axes, series: dict[str, np.ndarray]) -> None:
 
 def plot_simulation(
     path: str | os.PathLike,
-    coordinates: np.ndarray,
-    cells: np.ndarray,
+    vertices: np.ndarray,
     sigma: np.ndarray,
     measurements: np.ndarray,
     clean: np.ndarray | None = None,
     electrode_angles: np.ndarray | None = None,
     radius: float = 1.0,
 ) -> None:
-    """Phantom on the mesh (with electrode positions) beside the simulated data."""
+    """Phantom on the mesh (with electrode positions) beside the simulated data.
+
+    ``vertices`` (n_cells, 3, 2) holds the corners of each cell, ``sigma`` (n_cells,) its value.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1, 1.6]}, layout="constrained")
-    _draw_cells(axes[0], coordinates, cells, sigma, "phantom")
+    _draw_cells(axes[0], vertices, sigma, "phantom")
     if electrode_angles is not None:
         xy = 1.04 * radius * np.stack([np.cos(electrode_angles), np.sin(electrode_angles)], axis=1)
         axes[0].plot(xy[:, 0], xy[:, 1], "rs", ms=3)

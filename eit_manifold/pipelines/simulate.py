@@ -143,15 +143,13 @@ def simulate(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
             "config": np.array(json.dumps(asdict(config))),
         },
     )
+    vertices = model.cell_vertices() if config.plot else None  # collective: every process takes part
     if comm.rank == 0:
         write_measurements(config.out, data)
         if config.plot:
             from eit_manifold.eit_plots import plot_simulation
 
-            d = model.system.disc
-            plot_simulation(
-                config.plot, d.coordinates, d.cells, sigma, noisy, clean, tank.electrode_angles, tank.radius
-            )
+            plot_simulation(config.plot, vertices, sigma, noisy, clean, tank.electrode_angles, tank.radius)
     return {
         "out": config.out,
         "n_cells": mesh.n_cells,

@@ -30,9 +30,10 @@ def export_xdmf(
     tank_mesh : TankMesh
         The mesh (serial: fields are indexed like :func:`~.cem.p1_discretisation`).
     cell_fields : dict, optional
-        Per-cell values (DG0), e.g. ``{"conductivity": sigma}``.
+        Per-cell values (DG0) in the canonical cell order (as everywhere in the public API),
+        e.g. ``{"conductivity": sigma}``.
     node_fields : dict, optional
-        Per-node values in P1 dof order, e.g. potentials.
+        Per-node values of this process's P1 dofs (owned and ghost), e.g. solution potentials.
     """
     path = Path(path)
     mesh = tank_mesh.mesh
@@ -47,9 +48,10 @@ def export_xdmf(
             xdmf.write_mesh(mesh)
             mesh.topology.create_connectivity(1, 2)
             xdmf.write_meshtags(tank_mesh.facet_tags, mesh.geometry)
+            original = np.asarray(mesh.topology.original_cell_index, dtype=np.int64)
             for name, values in (cell_fields or {}).items():
                 f = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("DG", 0)), name=name)
-                f.x.array[: len(values)] = values
+                f.x.array[:] = np.asarray(values)[original[: f.x.array.size]]
                 xdmf.write_function(f)
             for name, values in (node_fields or {}).items():
                 f = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", 1)), name=name)

@@ -68,14 +68,23 @@ class CEMForwardModel:
 
     @property
     def centroids(self) -> np.ndarray:
-        return self.system.disc.centroids
+        """Cell centroids (n_cells, 2) in the canonical cell order."""
+        return self.system.centroids
+
+    def cell_vertices(self) -> np.ndarray:
+        """Vertex coordinates of every cell, (n_cells, 3, 2), canonical order (for plots)."""
+        d = self.system.disc
+        return self.system.gather_cells(d.coordinates[d.cells])
 
     def pixel_map(self, image_shape: tuple[int, int]) -> sp.csr_matrix:
-        """The (cached) pixel -> cell matrix for images of ``image_shape`` on [-R, R]^2."""
+        """The (cached) pixel -> cell matrix (n_cells, H*W) for images on [-R, R]^2, canonical rows."""
         key = (int(image_shape[0]), int(image_shape[1]))
         if key not in self._pixel_maps:
             d = self.system.disc
-            self._pixel_maps[key] = pixel_to_cell_matrix(d.coordinates, d.cells, key, self.tank.radius)
+            local = pixel_to_cell_matrix(d.coordinates, d.cells, key, self.tank.radius).tocoo()
+            parts = self.system.comm.allgather((d.cell_original[local.row], local.col, local.data))
+            rows, cols, vals = (np.concatenate(a) for a in zip(*parts, strict=True))
+            self._pixel_maps[key] = sp.csr_matrix((vals, (rows, cols)), shape=(self.n_cells, key[0] * key[1]))
         return self._pixel_maps[key]
 
     def solve(self, sigma: np.ndarray) -> ForwardResult:

@@ -197,6 +197,7 @@ def create_tank_mesh(
     options: MeshOptions | None = None,
     comm: MPI.Comm = MPI.COMM_WORLD,
     msh_file: str | Path | None = None,
+    binary: bool = False,
 ) -> TankMesh:
     """Mesh the tank with gmsh on rank 0 and distribute it over ``comm``.
 
@@ -210,6 +211,8 @@ def create_tank_mesh(
         Communicator to distribute the mesh over.
     msh_file : path, optional
         Also write the gmsh mesh to this ``.msh`` file (rank 0, atomically).
+    binary : bool
+        Write ``msh_file`` in gmsh's binary format (``Mesh.Binary``) rather than text.
     """
     options = options or MeshOptions()
     gmsh = None
@@ -221,6 +224,7 @@ def create_tank_mesh(
             if msh_file is not None:
                 from eit_manifold.io import atomic_path
 
+                gmsh.option.setNumber("Mesh.Binary", int(binary))
                 with atomic_path(msh_file, suffix=".msh") as tmp:
                     gmsh.write(str(tmp))
         import gmsh as gmsh_module
