@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dolfinx
-import dolfinx_solver  # noqa: F401,I001
 import numpy as np
 import pytest
 import ufl

@@ -1,5 +1,9 @@
 """EIT with the complete electrode model: geometry, meshes, CEM solver and the torch operator."""
 
+# The dolfinx wheel's PETSc/MPI libraries must be loaded before dolfinx or petsc4py: importing
+# any module of this package runs this line first.
+import dolfinx_solver  # noqa: F401
+
 from eit_manifold.operators.eit.autograd import (
     EITOperator,
     image_to_conductivity,

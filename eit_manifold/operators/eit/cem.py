@@ -26,16 +26,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dolfinx
+import dolfinx.la
 import numpy as np
 import scipy.sparse as sp
 from mpi4py import MPI
+from petsc4py import PETSc
 
 from eit_manifold.operators.eit.mesh import TankMesh
-
-import dolfinx_solver  # noqa: F401,I001
-import dolfinx
-import dolfinx.la
-from petsc4py import PETSc
 
 
 def check_conductivity(sigma: np.ndarray, n_cells: int) -> np.ndarray:

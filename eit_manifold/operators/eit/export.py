@@ -9,7 +9,6 @@ from pathlib import Path
 
 import dolfinx
 import dolfinx.io
-import dolfinx_solver  # noqa: F401,I001
 import numpy as np
 
 from eit_manifold.operators.eit.mesh import TankMesh

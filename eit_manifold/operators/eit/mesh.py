@@ -14,7 +14,6 @@ from pathlib import Path
 
 import dolfinx
 import dolfinx.io.gmsh as dolfinx_gmsh
-import dolfinx_solver  # noqa: F401,I001  (must come before dolfinx: sets up the bundled PETSc)
 import numpy as np
 from mpi4py import MPI
 
