@@ -1,0 +1,1 @@
+"""KTC2023 water-tank data: reading, calibration, segmentation and the challenge score."""

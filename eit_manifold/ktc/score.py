@@ -1,0 +1,80 @@
+"""The KTC2023 score of a segmentation (1 is perfect), as described in ``ktc2023/README.md``.
+
+For each target class ``c`` in {1 (resistive), 2 (conductive)} the binary masks ``truth == c`` and
+``reco == c`` are compared with a structural-similarity index whose local statistics use a
+Gaussian window of standard deviation ``r = 80`` pixels on a ``(2 ceil(2r) + 1)^2`` support,
+zero-padded and normalised near the borders (each local statistic is divided by the window's
+mass inside the image), constants ``c1 = 1e-4`` and ``c2 = 9e-4``:
+
+    SSIM(x) = (2 mu_t mu_r + c1)(2 s_tr + c2) / ((mu_t^2 + mu_r^2 + c1)(s_t^2 + s_r^2 + c2))
+
+averaged over all 256 x 256 pixels; the case score is the mean over the two classes.
+The convolutions are done by FFT (equal to the direct 'same' convolution up to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+from eit_manifold.ktc.data import IMAGE_SHAPE
+
+WINDOW_STD = 80.0
+C1 = 1e-4
+C2 = 9e-4
+
+
+@cache
+def _kernel(r: float = WINDOW_STD) -> np.ndarray:
+    ws = math.ceil(2 * r)
+    x = np.arange(-ws, ws + 1, dtype=float)
+    X, Y = np.meshgrid(x, x)
+    return np.exp(-0.5 * (X**2 + Y**2) / r**2) / math.sqrt(2 * math.pi)
+
+
+def _filter(image: np.ndarray, correction: np.ndarray) -> np.ndarray:
+    return fftconvolve(image, _kernel(), mode="same") / correction
+
+
+def mask_ssim(truth: np.ndarray, reco: np.ndarray) -> float:
+    """The challenge's SSIM between two binary masks of the same shape."""
+    t = np.asarray(truth, dtype=float)
+    r = np.asarray(reco, dtype=float)
+    if t.shape != r.shape or t.ndim != 2:
+        raise ValueError(f"masks must be 2-D and of the same shape, got {t.shape} and {r.shape}")
+    correction = fftconvolve(np.ones_like(t), _kernel(), mode="same")
+    mt, mr = _filter(t, correction), _filter(r, correction)
+    vt = _filter(t * t, correction) - mt**2
+    vr = _filter(r * r, correction) - mr**2
+    vtr = _filter(t * r, correction) - mt * mr
+    num = (2 * mt * mr + C1) * (2 * vtr + C2)
+    den = (mt**2 + mr**2 + C1) * (vt + vr + C2)
+    return float(np.mean(num / den))
+
+
+def _check_segmentation(name: str, image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.shape != IMAGE_SHAPE:
+        raise ValueError(f"{name} must have shape {IMAGE_SHAPE}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite values")
+    bad = np.setdiff1d(np.unique(arr), [0, 1, 2])
+    if bad.size:
+        raise ValueError(f"{name} must hold only the classes 0, 1, 2, found {bad.tolist()[:5]}")
+    return arr
+
+
+def class_scores(truth: np.ndarray, reco: np.ndarray) -> dict[int, float]:
+    """SSIM of the masks of class 1 (resistive) and class 2 (conductive)."""
+    t = _check_segmentation("truth", truth)
+    r = _check_segmentation("reconstruction", reco)
+    return {c: mask_ssim(t == c, r == c) for c in (1, 2)}
+
+
+def ktc_score(truth: np.ndarray, reco: np.ndarray) -> float:
+    """The case score: mean of the class-1 and class-2 mask SSIMs (1 for identical segmentations)."""
+    s = class_scores(truth, reco)
+    return 0.5 * (s[1] + s[2])
