@@ -85,6 +85,7 @@ def _tiny_atlas(path, k: int) -> str:
     return str(path / f"k{k}")
 
 
+@pytest.mark.slow
 def test_pipeline_writes_outputs_and_is_deterministic(tmp_path) -> None:
     # Untrained tiny atlases: exercises the whole pipeline, not the quality.
     a2, a1 = _tiny_atlas(tmp_path, 2), _tiny_atlas(tmp_path, 1)

@@ -11,6 +11,9 @@ The iterate is always a point ``x = G_k(w)`` on the image of one chart ``k``. On
    ``max_backtracks`` times. ``R`` is the projection retraction ``G_k(E_k(.))`` or the chart
    retraction ``w <- w - tau xi``.
 
+Latent coordinates are clipped to the prior support (``|w_j| <= 0.9`` by default,
+``latent_bound``), so an iterate cannot follow a chart's untrained extrapolation; near the edge
+of its chart it has to switch.
 The second inequality makes the descent monotone even across chart switches: a switch is taken
 only together with a step that ends below the current objective; if no such step is found the
 iterate stays in its chart. Iterates never leave the chart images, so they stay on the manifold.
@@ -162,6 +165,10 @@ class RiemannianDescent:
         Relative shift of ``J^T J`` (see :func:`~eit_manifold.optim.verbs.riemannian_gradient`).
     hysteresis : float
         Responsibility margin for a chart switch; ``None`` disables switching.
+    latent_bound : float, optional
+        Keep every latent coordinate in ``[-latent_bound, latent_bound]`` (the support of the
+        chart priors) by clipping after each retraction, so an iterate cannot wander onto a
+        chart's untrained extrapolation; it must switch chart instead. ``None`` disables.
     batched : bool
         Whether ``objective`` accepts a batch.
     record_iterates : bool
@@ -185,6 +192,7 @@ class RiemannianDescent:
         max_backtracks: int = 30,
         eps: float = 1e-8,
         hysteresis: float | None = 0.1,
+        latent_bound: float | None = 0.9,
         batched: bool = True,
         record_iterates: bool = False,
     ) -> None:
@@ -222,7 +230,10 @@ class RiemannianDescent:
         self.armijo = float(armijo)
         self.max_backtracks = int(max_backtracks)
         self.eps = float(eps)
+        if latent_bound is not None and not latent_bound > 0:
+            raise ValueError(f"latent_bound must be positive or None, got {latent_bound!r}")
         self.hysteresis = hysteresis
+        self.latent_bound = latent_bound
         self.batched = batched
         self.record_iterates = record_iterates
 
@@ -248,10 +259,13 @@ class RiemannianDescent:
             (g,) = torch.autograd.grad(f.sum(), x)
         return f.detach(), g.detach()
 
+    def _clip(self, w: Tensor) -> Tensor:
+        if self.latent_bound is None:
+            return w
+        return w.clamp(-self.latent_bound, self.latent_bound)
+
     # ------------------------------------------------------------------ starting points
-    def initial_points(
-        self, n_starts: int, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def initial_points(self, n_starts: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Prior samples spread round-robin over the charts: returns ``(w, charts)``.
 
         ``generator`` is passed to ``atlas.sample_latent`` when given (else the global RNG).
@@ -295,6 +309,7 @@ class RiemannianDescent:
                     for i, j in enumerate(idx.tolist()):
                         ws[j] = wk[i]
             w = torch.stack(ws)
+        w = self._clip(w)
         x = self._decode_grouped(w, chart)
         with torch.no_grad():
             f = self._f(x)
@@ -338,12 +353,14 @@ class RiemannianDescent:
         f_cap: Tensor,
         v: Tensor,
         xi: Tensor,
-        slope: Tensor,
+        jtg: Tensor,
         tau0: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Armijo backtracking for a group in one chart; returns ``(x, w, f, tau, accepted)``.
 
-        ``slope = <g, v>`` is the directional derivative along ``-v`` (up to sign).
+        A trial ``w+`` is accepted when ``F(G(w+)) <= F(base) - c <J^T g, w - w+>`` (the
+        first-order decrease of the latent move actually made, ``tau <g, v>`` without clipping;
+        it must be positive) and ``F(G(w+)) <= f_cap``.
         """
         b = x.shape[0]
         x_new, w_new, f_new = x.clone(), w.clone(), f_base.clone()
@@ -361,13 +378,17 @@ class RiemannianDescent:
                 xt, wt = retract_projection(chart, x[pend], -(t[:, None] * v[pend]))
             else:
                 xt, wt = retract_chart(chart, w[pend], -(t[:, None] * xi[pend]))
+            if self.latent_bound is not None:
+                clipped = self._clip(wt)
+                moved = (clipped != wt).any(dim=1)
+                if moved.any():
+                    with torch.no_grad():
+                        xt[moved] = chart.decode(clipped[moved]).to(xt.dtype)
+                wt = clipped
             with torch.no_grad():
                 ft = self._f(xt)
-            ok = (
-                torch.isfinite(ft)
-                & (ft <= f_base[pend] - self.armijo * t * slope[pend])
-                & (ft <= f_cap[pend])
-            )
+            pred = (jtg[pend] * (w[pend] - wt).to(torch.float64)).sum(dim=1)
+            ok = torch.isfinite(ft) & (pred > 0) & (ft <= f_base[pend] - self.armijo * pred) & (ft <= f_cap[pend])
             good = pend[ok]
             x_new[good], w_new[good], f_new[good] = xt[ok], wt[ok], ft[ok]
             accepted[good] = True
@@ -392,15 +413,16 @@ class RiemannianDescent:
             w_base = st.w[grp].clone()
             if moving.any():
                 with torch.no_grad():
-                    w_base[moving] = chart.encode(st.x[grp[moving]]).to(w_base.dtype)
+                    w_new = chart.encode(st.x[grp[moving]]).to(w_base.dtype)
+                    w_base[moving] = self._clip(w_new)
             x_base, jac = decode_with_jacobian(chart, w_base)
             f_base, g = self._f_and_grad(x_base)
             v, xi = riemannian_gradient(jac, g, self.eps)
             tau0 = st.tau[grp]
-            sq = (g.reshape(len(grp), -1).to(torch.float64) * v).sum(dim=1)
-            x1, w1, f1, tau, ok = self._line_search(
-                chart, x_base, w_base, f_base, st.f[grp], v, xi, sq, tau0
-            )
+            g64 = g.reshape(len(grp), -1).to(torch.float64)
+            sq = (g64 * v).sum(dim=1)
+            jtg = (jac.transpose(1, 2) @ g64[..., None])[..., 0]
+            x1, w1, f1, tau, ok = self._line_search(chart, x_base, w_base, f_base, st.f[grp], v, xi, jtg, tau0)
             # Accepted steps update the state; a failed switch keeps the old chart and point.
             acc = grp[ok]
             decrease = st.f[acc] - f1[ok]
