@@ -25,11 +25,42 @@ def _root() -> None:
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FileExistsError, PermissionError)
 
 
+def is_root() -> bool:
+    """True on the process that reports and writes files (rank 0, or the only process)."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.rank == 0
+
+
+def echo(message: str) -> None:
+    """Print once, from rank 0, under ``mpirun`` as in a serial run."""
+    if is_root():
+        typer.echo(message)
+
+
 def main() -> None:
-    """Run the app; print user errors as one line on stderr instead of a traceback."""
+    """Run the app; print user errors as one line on stderr instead of a traceback.
+
+    Under ``mpirun`` an error on any process aborts the whole job (never a hang of the others
+    in a collective call), after printing the message with the process's rank.
+    """
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
     try:
         app()
     except USER_ERRORS as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
+        prefix = f"error (rank {comm.rank})" if comm.size > 1 else "error"
+        print(f"{prefix}: {msg}", file=sys.stderr, flush=True)
+        if comm.size > 1:
+            comm.Abort(2)
         sys.exit(2)
+    except Exception:
+        if comm.size > 1:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            comm.Abort(1)
+        raise

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from eit_manifold.cli._app import app
+from eit_manifold.cli._app import app, echo
 
 
 @app.command("simulate")
@@ -40,7 +40,7 @@ def simulate_command(
         sigma_max=sigma_max, noise=noise, seed=seed, out=str(out), plot=str(plot) if plot else None,
     )
     summary = simulate(config)
-    typer.echo(
+    echo(
         f"wrote {summary['out']}: {summary['patterns']} patterns x {summary['measurements_per_pattern']} "
         f"measurements, mesh {summary['n_cells']} cells / {summary['n_nodes']} nodes, noise {summary['noise']:g}"
     )

@@ -18,27 +18,38 @@ from torch.autograd.function import once_differentiable
 from eit_manifold.operators.eit.forward import CEMForwardModel, ForwardResult
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import MeshOptions, TankMesh, tank_mesh
+from eit_manifold.operators.eit.parallel import share, spmd_map
 
 
 class _CEMFunction(torch.autograd.Function):
-    """sigma per cell (B, n_cells) -> data (B, P, M); backward = adjoint solves."""
+    """sigma per cell (B, n_cells) -> data (B, P, M); backward = adjoint solves.
+
+    With a batch communicator of several processes, each process solves its share of the batch
+    (on its own copy of the mesh) and the data and gradients are gathered on every process.
+    """
 
     @staticmethod
-    def forward(ctx, sigma_cells: torch.Tensor, model: CEMForwardModel) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, sigma_cells: torch.Tensor, model: CEMForwardModel, batch_comm: MPI.Comm) -> torch.Tensor:  # type: ignore[override]
         values = sigma_cells.detach().cpu().numpy()
-        results: list[ForwardResult] = [model.solve(s) for s in values]
+        mine = share(len(values), batch_comm) if batch_comm.size > 1 else range(len(values))
+        results: dict[int, ForwardResult] = {}
+
+        def solve(i: int) -> np.ndarray:
+            results[i] = model.solve(values[i])
+            return results[i].measurements
+
+        data = np.stack(spmd_map(solve, list(range(len(values))), batch_comm))
         # Keep the factorisations only when a backward pass may come (bounded memory otherwise).
         ctx.results = results if sigma_cells.requires_grad else None
-        ctx.model = model
-        data = np.stack([r.measurements for r in results])
+        ctx.mine, ctx.model, ctx.batch_comm = mine, model, batch_comm
         return torch.from_numpy(data).to(device=sigma_cells.device, dtype=sigma_cells.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_data: torch.Tensor):  # type: ignore[override]
         g = grad_data.detach().cpu().numpy()
-        grads = np.stack([ctx.model.vjp(r, gi) for r, gi in zip(ctx.results, g, strict=True)])
-        return torch.from_numpy(grads).to(device=grad_data.device, dtype=grad_data.dtype), None
+        grads = np.stack(spmd_map(lambda i: ctx.model.vjp(ctx.results[i], g[i]), list(range(len(g))), ctx.batch_comm))
+        return torch.from_numpy(grads).to(device=grad_data.device, dtype=grad_data.dtype), None, None
 
 
 class EITOperator(torch.nn.Module):
@@ -58,7 +69,10 @@ class EITOperator(torch.nn.Module):
     injection, measurement : str or array
         Current patterns and measurement matrix, as in :class:`CEMForwardModel`.
     comm : MPI.Comm
-        Communicator of the mesh.
+        Communicator the mesh is distributed over (every process runs the same torch code).
+    batch_comm : MPI.Comm, optional
+        Split batch items across these processes instead; then the mesh lives on ``COMM_SELF``
+        on each of them (``comm`` must be ``COMM_SELF``).
 
     Examples
     --------
@@ -75,8 +89,12 @@ class EITOperator(torch.nn.Module):
         injection: str | np.ndarray = "adjacent",
         measurement: str | np.ndarray = "adjacent",
         comm: MPI.Comm = MPI.COMM_WORLD,
+        batch_comm: MPI.Comm | None = None,
     ):
         super().__init__()
+        if batch_comm is not None and batch_comm.size > 1 and comm.size > 1:
+            raise ValueError("batch splitting needs the mesh on COMM_SELF: pass comm=MPI.COMM_SELF with batch_comm")
+        self.batch_comm = batch_comm if batch_comm is not None else MPI.COMM_SELF
         if isinstance(mesh, TankMesh):
             self.tank_mesh = mesh
         else:
@@ -118,7 +136,7 @@ class EITOperator(torch.nn.Module):
         """Data (B, P, M) for conductivities (B, H, W) or (B, n_cells) (float64)."""
         cells = self.to_cells(sigma)
         _check_positive(cells, "cell")
-        return _CEMFunction.apply(cells, self.model)
+        return _CEMFunction.apply(cells, self.model, self.batch_comm)
 
     def jacobian(self, sigma: torch.Tensor) -> torch.Tensor:
         """Jacobian of one item's data w.r.t. its input: (P*M, n_cells) or (P*M, H*W) for images.

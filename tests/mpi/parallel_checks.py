@@ -1,0 +1,67 @@
+"""Run under ``mpirun -n N`` (or serially) by tests/test_mpi.py; rank 0 writes the results (.npz).
+
+The same script run with 1 and 2 processes must give the same numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from eit_manifold.io import save_npz_atomic
+from eit_manifold.operators.eit import EITOperator, MeshOptions, Tank
+from eit_manifold.operators.eit.parallel import RemoteError, share, spmd_map
+
+
+def main(out: str) -> None:
+    comm = MPI.COMM_WORLD
+    tank = Tank()
+    options = MeshOptions(0.1, 10.0, 3.0)
+    results: dict[str, np.ndarray] = {}
+
+    # (a) the mesh distributed over all processes
+    op = EITOperator(tank, mesh=options, image_shape=(16, 16), comm=comm)
+    c = torch.from_numpy(op.model.centroids)
+    sigma = (1 + 0.5 * torch.sin(3 * c[:, 0]) * torch.cos(2 * c[:, 1]))[None].requires_grad_()
+    y = op(sigma)
+    g = torch.from_numpy(np.random.default_rng(0).standard_normal(y.shape))
+    (grad,) = torch.autograd.grad((y * g).sum(), sigma)
+    img = torch.full((1, 16, 16), 1.2, dtype=torch.float64)
+    img[0, 4:8, 5:9] = 2.0
+    results.update(dist_y=y.detach().numpy(), dist_grad=grad.numpy(), dist_img_y=op(img).numpy())
+
+    # (b) a batch split across processes, each with the whole mesh on COMM_SELF
+    batch_op = EITOperator(tank, mesh=options, image_shape=(16, 16), comm=MPI.COMM_SELF, batch_comm=comm)
+    batch = (1 + torch.rand(5, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    batch.requires_grad_()
+    yb = batch_op(batch)
+    (gb,) = torch.autograd.grad(yb.pow(2).sum(), batch)
+    results.update(batch_y=yb.detach().numpy(), batch_grad=gb.numpy())
+    owners = spmd_map(lambda i: (i, comm.rank), list(range(11)), comm)
+    shares = comm.allgather(list(share(11, comm)))
+    results["batch_items"] = np.array([i for s in shares for i in s])
+    results["owners"] = np.array(owners)
+
+    # an error on one process reaches every process
+    def fail_on_item_3(i: int) -> int:
+        if i == 3:
+            raise ValueError("item 3 is bad")
+        return i
+
+    try:
+        spmd_map(fail_on_item_3, list(range(6)), comm)
+        raised = "nothing"
+    except ValueError as exc:
+        raised = f"ValueError: {exc}"
+    except RemoteError as exc:
+        raised = f"RemoteError: {exc}"
+    results["errors"] = np.array(comm.gather(raised, root=0) if comm.size > 1 else [raised], dtype=object).astype(str)
+    if comm.rank == 0:
+        save_npz_atomic(out, size=comm.size, **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

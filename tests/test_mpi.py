@@ -1,0 +1,74 @@
+"""Serial vs ``mpirun -n 2``: distributed mesh, batch split, error propagation, simulate files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi
+HERE = Path(__file__).parent
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent))
+
+
+def _run(n: int, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *args] if n == 1 else [MPIRUN, "-n", str(n), sys.executable, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def parallel_results(tmp_path_factory):
+    assert MPIRUN, "mpirun not found beside the Python interpreter (the dolfinx wheel ships MPICH)"
+    out = tmp_path_factory.mktemp("mpi")
+    script = str(HERE / "mpi" / "parallel_checks.py")
+    for n in (1, 2):
+        proc = _run(n, [script, str(out / f"{n}.npz")])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(out / "1.npz"), np.load(out / "2.npz")
+
+
+@pytest.mark.parametrize("key", ["dist_y", "dist_grad", "dist_img_y", "batch_y", "batch_grad"])
+def test_parallel_equals_serial(parallel_results, key):
+    serial, parallel = parallel_results
+    assert int(parallel["size"]) == 2
+    rel = np.abs(parallel[key] - serial[key]).max() / np.abs(serial[key]).max()
+    assert rel <= 1e-10
+
+
+def test_batch_split_covers_every_item_once(parallel_results):
+    _, parallel = parallel_results
+    assert sorted(parallel["batch_items"].tolist()) == list(range(11))
+    owners = parallel["owners"]
+    assert owners[:, 0].tolist() == list(range(11)) and set(owners[:, 1]) == {0, 1}
+
+
+def test_error_on_one_rank_reaches_all(parallel_results):
+    _, parallel = parallel_results
+    errors = parallel["errors"].tolist()
+    assert len(errors) == 2 and all("item 3 is bad" in e for e in errors)
+    assert any(e.startswith("RemoteError: rank 1") for e in errors)
+
+
+def test_mpirun_simulate_writes_the_serial_file(tmp_path):
+    cli = ["-c", "from eit_manifold.cli import main; main()", "simulate", "--mesh-size", "0.1", "--seed", "2"]
+    for n in (1, 2):
+        proc = _run(n, [*cli, "--out", str(tmp_path / f"{n}.npz")])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("wrote") == 1  # only rank 0 reports and writes
+    a, b = np.load(tmp_path / "1.npz"), np.load(tmp_path / "2.npz")
+    for key in ("measurements", "electrode_potentials", "conductivity"):
+        assert np.abs(a[key] - b[key]).max() <= 1e-10 * np.abs(a[key]).max()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.npz", "2.npz"]
+
+
+def test_error_under_mpirun_ends_the_run(tmp_path):
+    cli = ["-c", "from eit_manifold.cli import main; main()", "simulate", "--mesh-size", "0.1",
+           "--sigma-background", "-1", "--out", str(tmp_path / "x.npz")]
+    proc = _run(2, cli, timeout=120)
+    assert proc.returncode != 0
+    assert "sigma_background" in proc.stderr
+    assert not (tmp_path / "x.npz").exists()
