@@ -19,13 +19,17 @@ def simulate_command(
     measurement: str = typer.Option("adjacent", help="Measurements: adjacent differences or ground."),
     mesh: str = typer.Option(None, help="Mesh: preset name (coarse, default, fine) or a .msh file."),
     mesh_size: float = typer.Option(None, help="Element size away from the electrodes (overrides the preset)."),
-    phantom: str = typer.Option("disks", help="Phantom: homogeneous, disks or image."),
+    phantom: str = typer.Option(
+        "disks",
+        help="Phantom: homogeneous, disks (fixed pair), image (--phantom-image), balls (held-out image of the "
+        "atlas family, index --seed), or random disk / three-disks / ellipse (drawn from --seed).",
+    ),
     sigma_background: float = typer.Option(1.0, help="Background conductivity (S/m)."),
     phantom_image: Path = typer.Option(None, help="Image phantom: .npy of values in [0, 1], row 0 at the top."),
     sigma_min: float = typer.Option(0.2, help="Conductivity of image value 0."),
     sigma_max: float = typer.Option(1.8, help="Conductivity of image value 1."),
     noise: float = typer.Option(0.01, help="Relative noise: std = noise x RMS of each pattern's data."),
-    seed: int = typer.Option(0, help="Random seed (noise)."),
+    seed: int = typer.Option(0, help="Random seed (noise, random phantoms; held-out balls index)."),
     out: Path = typer.Option(Path("simulated.npz"), help="Output measurement file (.npz)."),
     plot: Path = typer.Option(None, help="Also write a PNG of phantom and data."),
 ) -> None:

@@ -22,11 +22,15 @@ from eit_manifold.operators.eit.phantoms import (
     default_disks,
     image_to_conductivity,
     inclusion_conductivity,
+    random_inclusions,
 )
 from eit_manifold.operators.eit.pixels import pixel_centres
 from eit_manifold.seeding import seed_everything
 
-PHANTOMS = ("homogeneous", "disks", "image")
+PHANTOMS = ("homogeneous", "disks", "image", "balls", "disk", "three-disks", "ellipse")
+# Resolution at which image-family phantoms are rendered onto the simulation mesh (finer than the
+# images the atlas reconstructs, so the simulation does not share their pixelation).
+RENDER_SIZE = 256
 
 
 @dataclass
@@ -93,6 +97,22 @@ def phantom_conductivity(
         inclusions = []
     elif config.phantom == "disks":
         inclusions = default_disks(R, config.sigma_background)
+    elif config.phantom in ("disk", "three-disks", "ellipse"):
+        lo, hi = (config.sigma_min + (config.sigma_max - config.sigma_min) * v for v in (0.1, 0.9))
+        inclusions = random_inclusions(config.phantom, np.random.default_rng(config.seed), R, lo, hi)
+    elif config.phantom == "balls":
+        from eit_manifold.data.images import BALL_BACKGROUND, heldout_image, render
+
+        fine, params = heldout_image("balls", config.seed, size=RENDER_SIZE)
+        sigma = model.pixel_map(fine.shape) @ image_to_conductivity(fine, config.sigma_min, config.sigma_max).ravel()
+        x = render("balls", params, config.image_size)
+        sigma_img = image_to_conductivity(x, config.sigma_min, config.sigma_max)
+        xx, yy = pixel_centres(x.shape, R)
+        img = np.where(xx**2 + yy**2 <= R**2, sigma_img, np.nan)
+        desc = {"kind": "balls", "heldout_index": config.seed, "background": BALL_BACKGROUND,
+                "centres": np.asarray(params["centres"]).tolist(), "radii": np.asarray(params["radii"]).tolist(),
+                "sigma_min": config.sigma_min, "sigma_max": config.sigma_max, "image": x.tolist()}
+        return sigma, img, desc
     elif config.phantom == "image":
         x = _load_image(config.phantom_image)
         sigma_img = image_to_conductivity(x, config.sigma_min, config.sigma_max)
@@ -110,7 +130,7 @@ def phantom_conductivity(
     pts = np.column_stack([xx.ravel(), yy.ravel()])
     img = inclusion_conductivity(pts, config.sigma_background, inclusions).reshape(n, n)
     img[xx**2 + yy**2 > R**2] = np.nan
-    desc = {"kind": config.phantom, "background": config.sigma_background,
+    desc = {"kind": config.phantom, "background": config.sigma_background, "seed": config.seed,
             "inclusions": [inc.to_dict() for inc in inclusions]}
     return sigma, img, desc
 

@@ -95,3 +95,35 @@ def image_to_conductivity(image: np.ndarray, sigma_min: float, sigma_max: float)
     if lo < 0 or hi > 1:
         raise ValueError(f"image values must lie in [0, 1], got range [{lo:g}, {hi:g}]")
     return sigma_min + (sigma_max - sigma_min) * image
+
+
+def random_inclusions(kind: str, rng: np.random.Generator, radius: float = 1.0,
+                      low: float = 0.36, high: float = 1.64) -> list[Ellipse]:
+    """Phantoms outside the ``balls`` family, drawn from ``rng``.
+
+    ``disk``: one disk; ``three-disks``: three disjoint disks; ``ellipse``: one rotated ellipse.
+    Inclusions are conductive (``high``) or resistive (``low``) at random, inside 0.9 R.
+    """
+    def centre(r: float) -> tuple[float, float]:
+        rho = (0.9 * radius - r) * math.sqrt(rng.uniform())
+        phi = rng.uniform(0, 2 * math.pi)
+        return (rho * math.cos(phi), rho * math.sin(phi))
+
+    def value() -> float:
+        return float(high if rng.uniform() < 0.5 else low)
+
+    if kind == "disk":
+        r = rng.uniform(0.15, 0.4) * radius
+        return [disk(centre(r), r, value())]
+    if kind == "three-disks":
+        disks: list[Ellipse] = []
+        while len(disks) < 3:
+            r = rng.uniform(0.1, 0.25) * radius
+            c = centre(r)
+            if all(math.dist(c, d.center) >= r + d.semi_axes[0] + 0.05 * radius for d in disks):
+                disks.append(disk(c, r, value()))
+        return disks
+    if kind == "ellipse":
+        a, b = rng.uniform(0.25, 0.45) * radius, rng.uniform(0.08, 0.18) * radius
+        return [Ellipse(centre(a), (a, b), value(), float(rng.uniform(0, math.pi)))]
+    raise ValueError(f"unknown random phantom {kind!r}: choose disk, three-disks or ellipse")
