@@ -23,8 +23,8 @@ from eit_manifold.ktc.data import N_ELECTRODES, RADIUS, KTCMeasurement
 from eit_manifold.operators.eit import CEMForwardModel, MeshOptions, Tank, TankMesh, tank_mesh
 
 # Geometry found by the checks in docs/ktc.md (electrode 1 and orientation against data1-4).
-ELECTRODE_WIDTH = 0.0113  # m: 2*pi*R/64, electrodes and gaps of equal length
-FIRST_ANGLE = 0.0  # rad, centre of electrode 1
+ELECTRODE_WIDTH = 0.015  # m: fits ref.mat better than the nominal 2*pi*R/64 = 1.13 cm (docs/ktc.md)
+FIRST_ANGLE = np.pi / 2  # rad, centre of electrode 1: at the top of the truth images
 ORIENTATION = 1  # counter-clockwise numbering
 # Mesh: ~14k cells, graded at the electrode ends (h = 6 mm away from them, h / 10 at the ends).
 MESH_OPTIONS = MeshOptions(mesh_size=0.006, refinement=10.0, grading_radius=6.0)

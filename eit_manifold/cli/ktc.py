@@ -1,0 +1,52 @@
+"""``eit-manifold ktc`` and ``ktc-score``: the KTC2023 water-tank data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from eit_manifold.cli._app import app
+
+
+@app.command("ktc")
+def ktc_command(
+    data_dir: Path = typer.Argument(..., help="Directory with ref.mat and data*.mat (KTC2023 format)."),
+    method: str = typer.Option("tv", help="Reconstruction method: linear (organisers' baseline) or tv."),
+    out: Path = typer.Option(Path("results/ktc"), help="Output directory: dataK.npy, dataK.png, scores."),
+    truth: Path = typer.Option(None, help="Directory with trueK.mat ground truths (writes a score table)."),
+    level: int = typer.Option(1, help="Challenge level 1..7: level N removes electrodes 1..2(N-1)."),
+    seed: int = typer.Option(0, help="Random seed (for stochastic methods)."),
+    grid: int = typer.Option(48, help="Pixels per side of the reconstruction grid."),
+    shared_impedance: bool = typer.Option(False, help="Calibrate one contact impedance for all electrodes."),
+) -> None:
+    """Reconstruct every data*.mat in DATA_DIR and segment it into water / resistive / conductive."""
+    from eit_manifold.ktc.data import check_level
+    from eit_manifold.pipelines.ktc import KTCConfig, markdown_table, run_ktc
+
+    check_level(level)
+    cfg = KTCConfig(data_dir=str(data_dir), out=str(out), method=method, truth_dir=str(truth) if truth else None,
+                    level=level, seed=seed, grid=grid, per_electrode=not shared_impedance)
+    summary = run_ktc(cfg)
+    cal = summary["calibration"][0]
+    typer.echo(f"calibration: sigma {cal['sigma']:.4g}, residual {100 * cal['residual']:.2f}%")
+    if "mean_score" in summary:
+        typer.echo(markdown_table(summary["cases"], method))
+    typer.echo(f"wrote {len(summary['cases'])} segmentation(s) to {out}")
+
+
+@app.command("ktc-score")
+def ktc_score_command(
+    truth: Path = typer.Argument(..., help="Ground truth trueK.mat (key 'truth', 256x256)."),
+    reconstruction: Path = typer.Argument(..., help="Segmentation .npy (256x256, values 0/1/2)."),
+) -> None:
+    """Print the KTC2023 score of a segmentation (1 is perfect) and its two class scores."""
+    import numpy as np
+
+    from eit_manifold.ktc.data import read_truth
+    from eit_manifold.ktc.score import class_scores
+
+    if not reconstruction.is_file():
+        raise FileNotFoundError(f"reconstruction file not found: {reconstruction}")
+    scores = class_scores(read_truth(truth), np.load(reconstruction, allow_pickle=False))
+    typer.echo(f"score {0.5 * (scores[1] + scores[2]):.4f} (resistive {scores[1]:.4f}, conductive {scores[2]:.4f})")

@@ -1,0 +1,249 @@
+"""KTC2023 pipeline: calibrate on ``ref.mat``, reconstruct every ``dataK.mat``, segment, score.
+
+Reconstruction methods are plain functions ``method(context, change) -> image``: ``change`` is the
+flattened data change ``U - U_ref`` (P*M,) on the kept patterns/measurements, ``context`` a
+:class:`ReconstructionContext` (calibrated forward model, linearisation, pixel basis, noise model),
+and the returned image (any ``h x w``, on [-R, R]^2, row 0 at the top, same frame as the ground
+truths) is the conductivity change. The pipeline resamples it to 256 x 256 and segments it with
+the fixed rule of :mod:`eit_manifold.ktc.segmentation`. New methods (e.g. the atlas) plug in with
+:func:`register_method`.
+
+Regularisation rules (one setting for every case and level, never tuned per case):
+
+* ``linear``: the organisers' smoothness prior, standard deviation ``0.05 sigma0`` (their 0.05 at
+  ``sigma0 = 1``), correlation length ``R``; noise model ``eta1 = 0.05``, ``eta2 = 0.01``.
+* ``tv``: the same noise model; TV weight ``lam = 1 / (s l)`` with the smoothness prior's ``s`` and
+  ``l`` (a unit jump of one prior std over the prior's length costs about as much as in the
+  Gaussian prior), smoothing ``beta = 0.01 s / h`` for pixel size ``h``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+
+from eit_manifold.baselines.eit_linear import (
+    PixelBasis,
+    grid_gradient,
+    jacobian_in_basis,
+    noise_std,
+    pixel_basis,
+    smoothness_prior_factor,
+    tikhonov_solve,
+    tv_solve,
+)
+from eit_manifold.io import save_npy_atomic, write_json
+from eit_manifold.ktc.calibration import Calibration, calibrate, forward_model, ktc_mesh, ktc_tank
+from eit_manifold.ktc.data import IMAGE_SHAPE, RADIUS, KTCMeasurement, read_ktc, read_truth, restrict_like
+from eit_manifold.ktc.score import class_scores
+from eit_manifold.ktc.segmentation import segment
+from eit_manifold.operators.eit import CEMForwardModel
+
+NOISE_RELATIVE = 0.05
+NOISE_ABSOLUTE = 0.01
+PRIOR_STD = 0.05  # times sigma0
+PRIOR_LENGTH = RADIUS
+
+
+@dataclass
+class ReconstructionContext:
+    """Everything a method needs, built once per set of kept data.
+
+    Attributes
+    ----------
+    model : CEMForwardModel
+        Calibrated forward model (kept patterns and measurements).
+    calibration : Calibration
+        Fitted background and contact impedances.
+    reference : KTCMeasurement
+        The reference data on the kept set.
+    basis : PixelBasis
+        Pixel grid of the unknowns.
+    jacobian : array (P*M, n_active)
+        Derivative of the data w.r.t. the pixel values at the calibrated background.
+    std : array (P*M,)
+        Noise standard deviations.
+    cache : dict
+        Per-method storage (e.g. factorised priors) reused over the cases.
+    """
+
+    model: CEMForwardModel
+    calibration: Calibration
+    reference: KTCMeasurement
+    basis: PixelBasis
+    jacobian: np.ndarray
+    std: np.ndarray
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def sigma0(self) -> float:
+        """Calibrated background conductivity."""
+        return self.calibration.sigma
+
+
+Method = Callable[[ReconstructionContext, np.ndarray], np.ndarray]
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, method: Method) -> None:
+    """Make ``method`` available as ``--method name``."""
+    METHODS[name] = method
+
+
+def _prior(ctx: ReconstructionContext) -> np.ndarray:
+    if "prior" not in ctx.cache:
+        ctx.cache["prior"] = smoothness_prior_factor(ctx.basis.centres, PRIOR_LENGTH, PRIOR_STD * ctx.sigma0)
+    return ctx.cache["prior"]
+
+
+def linear_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
+    """Linearised difference reconstruction with the smoothness prior (organisers' baseline)."""
+    return ctx.basis.to_image(tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx)))
+
+
+def tv_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
+    """Linearised difference reconstruction with total variation (rule in the module docstring)."""
+    if "gradient" not in ctx.cache:
+        ctx.cache["gradient"] = grid_gradient(ctx.basis)
+    s = PRIOR_STD * ctx.sigma0
+    h = ctx.basis.pixel_size
+    x0 = tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx))
+    x, _ = tv_solve(ctx.jacobian, change, ctx.std, ctx.cache["gradient"], lam=1.0 / (s * PRIOR_LENGTH),
+                    cell_area=h * h, beta=0.01 * s / h, x0=x0)
+    return ctx.basis.to_image(x)
+
+
+register_method("linear", linear_method)
+register_method("tv", tv_method)
+
+
+def truth_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel centres (x, y) of the 256 x 256 ground-truth grid and its inside-the-tank mask."""
+    n = IMAGE_SHAPE[0]
+    c = -RADIUS + (np.arange(n) + 0.5) * (2 * RADIUS / n)
+    X, Y = np.meshgrid(c, c[::-1])
+    return X, Y, np.hypot(X, Y) < RADIUS
+
+
+def resample(image: np.ndarray) -> np.ndarray:
+    """Bilinear resampling of an ``h x w`` image on [-R, R]^2 to the 256 x 256 truth grid."""
+    image = np.asarray(image, dtype=float)
+    if image.ndim != 2:
+        raise ValueError(f"a method must return a 2-D image, got shape {image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise ValueError("a method returned non-finite values")
+    X, Y, _ = truth_grid()
+    h, w = image.shape
+    col = (X + RADIUS) / (2 * RADIUS) * w - 0.5
+    row = (RADIUS - Y) / (2 * RADIUS) * h - 0.5
+    return map_coordinates(image, [row, col], order=1, mode="nearest")
+
+
+@dataclass
+class KTCConfig:
+    """Options of :func:`run_ktc`."""
+
+    data_dir: str
+    out: str
+    method: str = "linear"
+    truth_dir: str | None = None
+    level: int = 1
+    seed: int = 0
+    grid: int = 48
+    per_electrode: bool = True
+
+
+def build_context(reference: KTCMeasurement, grid: int, per_electrode: bool = True) -> ReconstructionContext:
+    """Calibrate on ``reference`` and linearise at the calibrated background."""
+    mesh = ktc_mesh(ktc_tank())
+    cal = calibrate(reference, mesh, per_electrode=per_electrode)
+    model = forward_model(mesh, reference, cal.contact_impedance)
+    result = model.solve(np.full(model.n_cells, cal.sigma))
+    basis = pixel_basis(model, grid)
+    jac = jacobian_in_basis(model, result, basis.matrix)
+    std = noise_std(reference.data, NOISE_RELATIVE, NOISE_ABSOLUTE)
+    return ReconstructionContext(model, cal, reference, basis, jac, std)
+
+
+def _data_files(data_dir: Path) -> list[Path]:
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"KTC data directory not found: {data_dir}")
+    files = sorted(data_dir.glob("data*.mat"), key=lambda p: (len(p.stem), p.stem))
+    if not files:
+        raise FileNotFoundError(f"no data*.mat files in {data_dir}")
+    if not (data_dir / "ref.mat").is_file():
+        raise FileNotFoundError(f"{data_dir} has data files but no ref.mat beside them")
+    return files
+
+
+def run_ktc(config: KTCConfig) -> dict:
+    """Reconstruct every ``data*.mat`` of ``config.data_dir``; write segmentations, figures and scores.
+
+    Returns
+    -------
+    dict
+        Per case: score (when a truth is given), class scores and timings; and the calibration.
+    """
+    from eit_manifold.ktc.plots import plot_case
+    from eit_manifold.seeding import seed_everything
+
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}: choose one of {', '.join(sorted(METHODS))}")
+    seed_everything(config.seed)
+    data_dir, out = Path(config.data_dir), Path(config.out)
+    files = _data_files(data_dir)
+    ref_full = read_ktc(data_dir / "ref.mat", config.level)
+    contexts: dict[tuple, ReconstructionContext] = {}
+    cases = []
+    _, _, inside = truth_grid()
+    for path in files:
+        t0 = time.perf_counter()
+        data = read_ktc(path, config.level)
+        ref = restrict_like(ref_full, data)
+        key = (tuple(data.patterns), tuple(data.measurements))
+        if key not in contexts:
+            contexts[key] = build_context(ref, config.grid, config.per_electrode)
+        ctx = contexts[key]
+        image = resample(METHODS[config.method](ctx, (data.data - ref.data).ravel()))
+        seg = segment(image, inside)
+        save_npy_atomic(out / f"{path.stem}.npy", seg)
+        case = {"case": path.stem, "level": config.level, "patterns": int(data.shape[0]),
+                "measurements": int(data.shape[1]), "seconds": round(time.perf_counter() - t0, 2)}
+        truth = None
+        truth_path = Path(config.truth_dir) / f"true{path.stem.removeprefix('data')}.mat" if config.truth_dir else None
+        if truth_path is not None and truth_path.is_file():
+            truth = read_truth(truth_path)
+            scores = class_scores(truth, seg)
+            case.update(score=0.5 * (scores[1] + scores[2]), score_resistive=scores[1], score_conductive=scores[2])
+        title = f"{path.stem} ({config.method}, level {config.level})"
+        plot_case(out / f"{path.stem}.png", image, seg, truth, title=title)
+        cases.append(case)
+    summary = {"config": asdict(config), "cases": cases,
+               "calibration": [c.calibration.to_dict() for c in contexts.values()]}
+    scored = [c["score"] for c in cases if "score" in c]
+    if scored:
+        summary["mean_score"] = float(np.mean(scored))
+    write_json(out / "summary.json", summary)
+    if scored:
+        write_json(out / "scores.json", {"method": config.method, "level": config.level, "cases": cases,
+                                         "mean_score": summary["mean_score"]})
+        (out / "scores.md").write_text(markdown_table(cases, config.method))
+    return summary
+
+
+def markdown_table(cases: list[dict], method: str) -> str:
+    """Score table (one row per case, then the mean) in markdown."""
+    lines = ["| case | method | level | score | resistive | conductive |", "| --- | --- | --- | --- | --- | --- |"]
+    for c in cases:
+        if "score" in c:
+            lines.append(f"| {c['case']} | {method} | {c['level']} | {c['score']:.3f} | "
+                         f"{c['score_resistive']:.3f} | {c['score_conductive']:.3f} |")
+    scored = [c["score"] for c in cases if "score" in c]
+    if scored:
+        lines.append(f"| mean | {method} | {cases[0]['level']} | {np.mean(scored):.3f} | | |")
+    return "\n".join(lines) + "\n"
