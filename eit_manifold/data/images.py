@@ -4,7 +4,7 @@
     A centred rectangle of length :data:`BAR_LENGTH` and width :data:`BAR_WIDTH`, rotated by an
     angle ``theta`` uniform in ``[0, pi)``, value ``BAR_BACKGROUND + BAR_CONTRAST = 0.75`` on the
     background ``BAR_BACKGROUND = 0.5``. The image only depends on ``theta`` modulo ``pi``; compare
-    angles with :func:`angle_error`. Parameters: ``{"angle": theta}``.
+    angles with :func:`eit_manifold.metrics.angle_error` (re-exported here). Parameters: ``{"angle": theta}``.
 ``balls`` (d = 6)
     Two disjoint disks inside the unit disk on the background ``BALL_BACKGROUND = 0.5``: a
     conductive one of value ``0.9`` and a resistive one of value ``0.1`` (with the EIT map
@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from eit_manifold.metrics import angle_error as angle_error  # re-export (modulo pi)
 
 BAR_BACKGROUND = 0.5
 BAR_CONTRAST = 0.25
@@ -72,12 +74,6 @@ def render_balls(centres: np.ndarray, radii: np.ndarray, size: int = 64) -> np.n
         cover = _ramp(r - np.hypot(x - cx, y - cy), size)
         img = img + (value - BALL_BACKGROUND) * cover
     return img.astype(np.float32)
-
-
-def angle_error(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
-    """Distance between bar angles modulo ``pi``, in ``[0, pi/2]``."""
-    d = np.mod(np.asarray(a) - np.asarray(b), np.pi)
-    return np.minimum(d, np.pi - d)
 
 
 def _bar_params(rng: np.random.Generator) -> dict:
