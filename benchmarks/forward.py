@@ -29,9 +29,7 @@ Usage: ``python benchmarks/forward.py [--repeats 7] [--seed 0] [--json results/f
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +38,14 @@ import dolfinx_solver  # noqa: F401  (before dolfinx: sets up the bundled PETSc 
 # isort: split
 import dolfinx
 import numpy as np
-import pyeit.eit.protocol as pyeit_protocol
-import pyeit.mesh as pyeit_mesh
 import ufl
-from pyeit.eit.fem import EITForward
+from _common import PYEIT_NODE_CONSTANT, median_time, pyeit_forward
 
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import MeshOptions, TankMesh, create_tank_mesh, tank_mesh
 
 MESH_20K = MeshOptions(mesh_size=0.028, refinement=10.0, grading_radius=6.0)
-# Node count of a pyEIT distmesh unit disk is ~ C / h0^2; C measured (9103 nodes at h0 = 0.02).
-PYEIT_NODE_CONSTANT = 9103 * 0.02**2
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time (s) of ``fn()`` over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_ours(tm: TankMesh, rng: np.random.Generator, repeats: int) -> dict[str, Any]:
@@ -88,12 +71,10 @@ def bench_ours(tm: TankMesh, rng: np.random.Generator, repeats: int) -> dict[str
 
 def bench_pyeit(target_nodes: int, rng: np.random.Generator, repeats: int) -> dict[str, Any]:
     """Time pyEIT's ``solve_eit`` on a distmesh disk with about ``target_nodes`` nodes."""
-    h0 = float(np.sqrt(PYEIT_NODE_CONSTANT / target_nodes))
     t0 = time.perf_counter()
-    mesh = pyeit_mesh.create(16, h0=h0)
+    fwd, mesh = pyeit_forward(target_nodes)
     mesh_time = time.perf_counter() - t0
-    protocol = pyeit_protocol.create(16, dist_exc=1, step_meas=1, parser_meas="std")
-    fwd = EITForward(mesh, protocol)
+    h0 = float(np.sqrt(PYEIT_NODE_CONSTANT / target_nodes))
     perm = rng.uniform(0.5, 1.5, mesh.n_elems)
     total = median_time(lambda: fwd.solve_eit(perm), repeats)
     assembly = median_time(lambda: fwd.assemble_pde(perm), repeats)
