@@ -135,20 +135,22 @@ def phantom_conductivity(
     return sigma, img, desc
 
 
-def simulate(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
-    """Run the simulation and write the measurement file; return a summary dict."""
-    rng = seed_everything(config.seed)
-    tank = config.tank()
-    mesh = tank_mesh(tank, config.mesh, config.mesh_size, comm)
-    model = CEMForwardModel(mesh, config.injection, config.measurement)
+def simulation_model(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> CEMForwardModel:
+    """The forward model ``simulate`` uses for ``config`` (tank, mesh, patterns)."""
+    mesh = tank_mesh(config.tank(), config.mesh, config.mesh_size, comm)
+    return CEMForwardModel(mesh, config.injection, config.measurement)
+
+
+def simulate_data(config: SimulateConfig, model: CEMForwardModel, rng: np.random.Generator) -> MeasurementData:
+    """Simulate the phantom of ``config`` with ``model`` and add noise drawn from ``rng`` (no files)."""
+    tank = model.tank
     sigma, image, desc = phantom_conductivity(config, model)
     result = model.solve(sigma)
     clean = result.measurements
-    noisy = add_noise(clean, config.noise, rng)
-    data = MeasurementData(
+    return MeasurementData(
         currents=model.currents,
         electrode_potentials=result.electrode_potentials,
-        measurements=noisy,
+        measurements=add_noise(clean, config.noise, rng),
         measurement_matrix=model.measurement_matrix,
         electrode_angles=tank.electrode_angles,
         electrode_width=tank.widths.copy(),
@@ -163,17 +165,25 @@ def simulate(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
             "config": np.array(json.dumps(asdict(config))),
         },
     )
+
+
+def simulate(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
+    """Run the simulation and write the measurement file; return a summary dict."""
+    rng = seed_everything(config.seed)
+    model = simulation_model(config, comm)
+    data = simulate_data(config, model, rng)
     vertices = model.cell_vertices() if config.plot else None  # collective: every process takes part
     if comm.rank == 0:
         write_measurements(config.out, data)
         if config.plot:
             from eit_manifold.eit_plots import plot_simulation
 
-            plot_simulation(config.plot, vertices, sigma, noisy, clean, tank.electrode_angles, tank.radius)
+            plot_simulation(config.plot, vertices, data.extras["conductivity"], data.measurements,
+                            data.extras["measurements_clean"], model.tank.electrode_angles, model.tank.radius)
     return {
         "out": config.out,
-        "n_cells": mesh.n_cells,
-        "n_nodes": mesh.n_nodes,
+        "n_cells": model.tank_mesh.n_cells,
+        "n_nodes": model.tank_mesh.n_nodes,
         "patterns": int(model.currents.shape[0]),
         "measurements_per_pattern": int(model.measurement_matrix.shape[0]),
         "noise": config.noise,
