@@ -37,6 +37,22 @@ from eit_manifold.seeding import seed_everything
 
 JOB_FILE = "train.json"
 
+_IMAGE_DEFAULTS: dict = {
+    "charts": 2,
+    "n_train": 1000,
+    "chart": {"sigma_hd": 0.05, "blocks": 4, "hidden": 128, "conv_blocks": 2, "conv_hidden": 64},
+    "train": {
+        "batch_size": 32,
+        "epochs": 20,
+        "lr": 2e-3,
+        "pretrain_epochs": 3,
+        "lipschitz_epochs": 4,
+        "overlap_epochs": 3,
+        "lipschitz_weight": 1e-5,
+        "checkpoint_every": 2,
+    },
+}
+
 #: Per-dataset defaults: (charts, chart-config overrides, train-config overrides, n_train).
 DATASET_DEFAULTS: dict[str, dict] = {
     "two-circles": {
@@ -49,46 +65,8 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "sphere": {"charts": 2, "n_train": 4000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "torus": {"charts": 6, "n_train": 6000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "swiss-roll": {"charts": 4, "n_train": 4000, "chart": {"sigma_hd": 0.02}, "train": {}},
-    "bars": {
-        "charts": 2,
-        "n_train": 2000,
-        "chart": {
-            "sigma_hd": 0.05,
-            "blocks": 4,
-            "hidden": 128,
-            "conv_blocks": 2,
-            "conv_hidden": 64,
-        },
-        "train": {
-            "batch_size": 32,
-            "epochs": 30,
-            "lr": 2e-3,
-            "pretrain_epochs": 3,
-            "lipschitz_epochs": 5,
-            "overlap_epochs": 3,
-            "lipschitz_weight": 1e-5,
-        },
-    },
-    "balls": {
-        "charts": 2,
-        "n_train": 2000,
-        "chart": {
-            "sigma_hd": 0.05,
-            "blocks": 4,
-            "hidden": 128,
-            "conv_blocks": 2,
-            "conv_hidden": 64,
-        },
-        "train": {
-            "batch_size": 32,
-            "epochs": 30,
-            "lr": 2e-3,
-            "pretrain_epochs": 3,
-            "lipschitz_epochs": 5,
-            "overlap_epochs": 3,
-            "lipschitz_weight": 1e-5,
-        },
-    },
+    "bars": _IMAGE_DEFAULTS,
+    "balls": _IMAGE_DEFAULTS,
 }
 
 
