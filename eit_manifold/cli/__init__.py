@@ -11,6 +11,7 @@ from eit_manifold.cli import ktc as _ktc  # noqa: E402,F401
 
 # Importing the command modules registers their commands on ``app``.
 from eit_manifold.cli import reconstruct as _reconstruct  # noqa: E402,F401
+from eit_manifold.cli import report as _report  # noqa: E402,F401
 from eit_manifold.cli import simulate as _simulate  # noqa: E402,F401
 from eit_manifold.cli import train as _train  # noqa: E402,F401
 from eit_manifold.cli._app import app, main

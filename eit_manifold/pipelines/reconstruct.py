@@ -42,7 +42,7 @@ class ReconstructConfig:
     method: str = "atlas"
     atlas: str = "balls"
     starts: int = 8
-    iterations: int = 60
+    iterations: int | None = None  # None: 60 for the atlas descent, 10 Gauss-Newton steps for the baselines
     mesh: str | None = None
     mesh_size: float | None = None
     sigma_min: float = 0.2
@@ -54,6 +54,8 @@ class ReconstructConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.iterations is None:
+            self.iterations = 60 if self.method == "atlas" else 10
         if self.starts < 1 or self.iterations < 0:
             raise ValueError(f"need starts >= 1 and iterations >= 0, got {self.starts}, {self.iterations}")
         if not 0 < self.sigma_min < self.sigma_max:
@@ -80,6 +82,48 @@ class EITProblem:
         return np.where(self.inside, sigma, np.nan)
 
 
+def reconstruction_operator(
+    data: MeasurementData,
+    image_shape: tuple[int, int],
+    mesh: str | None = None,
+    mesh_size: float | None = None,
+    comm: MPI.Comm = MPI.COMM_WORLD,
+) -> EITOperator:
+    """The EIT operator of the file's tank and patterns on the reconstruction mesh (default: coarse)."""
+    tank: Tank = data.tank()
+    tm = tank_mesh(tank, "coarse" if mesh is None and mesh_size is None else mesh, mesh_size, comm)
+    return EITOperator(tank, mesh=tm, image_shape=image_shape, injection=data.currents,
+                       measurement=data.measurement_matrix, comm=comm)
+
+
+def make_problem(data: MeasurementData, operator: EITOperator, setup_s: float = 0.0) -> EITProblem:
+    """Pair measured data with an operator, checking that they fit, and find the truth if any."""
+    P, M = operator.data_shape
+    if data.measurements.shape != (P, M) or data.n_electrodes != operator.tank.n_electrodes:
+        raise ValueError(
+            f"the measurement file ({data.n_electrodes} electrodes, data {data.measurements.shape}) does not match "
+            f"the operator ({operator.tank.n_electrodes} electrodes, data {(P, M)})"
+        )
+    if not (np.allclose(data.currents, operator.model.currents)
+            and np.allclose(data.measurement_matrix, operator.model.measurement_matrix)):
+        raise ValueError("the measurement file's current patterns or measurement matrix differ from the operator's")
+    notes = []
+    true_cells = data.extras.get("conductivity")
+    if true_cells is not None and true_cells.shape == (operator.n_cells,):
+        notes.append(
+            f"the reconstruction mesh has as many cells ({operator.n_cells}) as the simulation mesh: probably the "
+            "same mesh (inverse crime); use another --mesh or --mesh-size"
+        )
+        warnings.warn(notes[-1], stacklevel=2)
+    image_shape = operator.image_shape
+    xx, yy = pixel_centres(image_shape, operator.tank.radius)
+    inside = xx**2 + yy**2 <= operator.tank.radius**2
+    truth = data.extras.get("conductivity_image")
+    if truth is not None and truth.shape != tuple(image_shape):
+        truth = None  # a truth at another resolution cannot be compared pixel by pixel
+    return EITProblem(data, operator, truth, inside, setup_s, notes)
+
+
 def load_problem(
     data: MeasurementData | str | Path,
     image_shape: tuple[int, int],
@@ -87,7 +131,7 @@ def load_problem(
     mesh_size: float | None = None,
     comm: MPI.Comm = MPI.COMM_WORLD,
 ) -> EITProblem:
-    """Build the operator of a measurement file on the reconstruction mesh.
+    """Read a measurement file and build its operator on the reconstruction mesh.
 
     Raises
     ------
@@ -97,24 +141,8 @@ def load_problem(
     t0 = time.perf_counter()
     if not isinstance(data, MeasurementData):
         data = read_measurements(data)
-    tank: Tank = data.tank()
-    tm = tank_mesh(tank, "coarse" if mesh is None and mesh_size is None else mesh, mesh_size, comm)
-    op = EITOperator(tank, mesh=tm, image_shape=image_shape, injection=data.currents,
-                     measurement=data.measurement_matrix, comm=comm)
-    notes = []
-    true_cells = data.extras.get("conductivity")
-    if true_cells is not None and true_cells.shape == (op.n_cells,):
-        notes.append(
-            f"the reconstruction mesh has as many cells ({op.n_cells}) as the simulation mesh: probably the same "
-            "mesh (inverse crime); use another --mesh or --mesh-size"
-        )
-        warnings.warn(notes[-1], stacklevel=2)
-    xx, yy = pixel_centres(image_shape, tank.radius)
-    inside = xx**2 + yy**2 <= tank.radius**2
-    truth = data.extras.get("conductivity_image")
-    if truth is not None and truth.shape != tuple(image_shape):
-        truth = None  # a truth at another resolution cannot be compared pixel by pixel
-    return EITProblem(data, op, truth, inside, time.perf_counter() - t0, notes)
+    operator = reconstruction_operator(data, image_shape, mesh, mesh_size, comm)
+    return make_problem(data, operator, time.perf_counter() - t0)
 
 
 def conductivity_from_image(x: torch.Tensor, sigma_min: float, sigma_max: float) -> torch.Tensor:
