@@ -16,7 +16,7 @@ def reconstruct_command(
     method: str = typer.Option("atlas", help="atlas (Riemannian descent on a learned atlas), gauss-newton or tv."),
     atlas: str = typer.Option("balls", help="Bundled atlas name (balls, balls-k1, ...) or an atlas directory."),
     starts: int = typer.Option(8, help="Multi-start: prior samples the atlas descent starts from."),
-    iterations: int = typer.Option(None, help="Iteration limit (default: 60 atlas descent steps, 10 Gauss-Newton steps)."),
+    iterations: int = typer.Option(None, help="Iteration limit (default: 60 descent steps, 10 Gauss-Newton steps)."),
     mesh: str = typer.Option(None, help="Reconstruction mesh: preset (coarse, default, fine) or .msh file."),
     mesh_size: float = typer.Option(None, help="Element size of the reconstruction mesh (instead of --mesh)."),
     sigma_min: float = typer.Option(0.2, help="Conductivity of image value 0."),
