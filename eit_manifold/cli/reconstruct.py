@@ -11,7 +11,12 @@ from eit_manifold.cli._app import app, echo
 
 @app.command("reconstruct")
 def reconstruct_command(
-    data: Path = typer.Option(..., "--data", help="Measurement file (.npz) from simulate or in the documented format."),
+    data: list[Path] = typer.Option(
+        ..., "--data", help="Measurement file (.npz) from simulate or in the documented format; repeat for a batch."
+    ),
+    batch: bool = typer.Option(
+        False, "--batch", help="Several files: split them across MPI processes (each on its own mesh copy)."
+    ),
     out: Path = typer.Option(Path("reconstruction"), help="Output directory."),
     method: str = typer.Option("atlas", help="atlas (Riemannian descent on a learned atlas), gauss-newton or tv."),
     atlas: str = typer.Option("balls", help="Bundled atlas name (balls, balls-k1, ...) or an atlas directory."),
@@ -25,14 +30,20 @@ def reconstruct_command(
     seed: int = typer.Option(0, help="Random seed (start points)."),
 ) -> None:
     """Reconstruct a conductivity image; writes conductivity.npy/.xdmf, reconstruction.png, metrics.json."""
-    from eit_manifold.pipelines.reconstruct import ReconstructConfig, reconstruct
+    from eit_manifold.pipelines.reconstruct import ReconstructConfig, reconstruct, reconstruct_batch
 
     config = ReconstructConfig(
-        data=str(data), out=str(out), method=method, atlas=atlas, starts=starts, iterations=iterations,
+        data=str(data[0]), out=str(out), method=method, atlas=atlas, starts=starts, iterations=iterations,
         mesh=mesh, mesh_size=mesh_size, sigma_min=sigma_min, sigma_max=sigma_max, image_size=image_size, seed=seed,
     )
+    if len(data) > 1 or batch:
+        for item in reconstruct_batch([str(d) for d in data], config):
+            echo(f"{item['data']}: {_summary(item['metrics'])}; wrote {item['out']}/")
+        return
     result = reconstruct(config)
-    m = result["metrics"]
-    parts = [f"{k} {m[k]:.4g}" for k in ("relative_l2", "psnr", "ssim", "relative_data_misfit", "reconstruction_s")
-             if k in m]
-    echo(f"{method}: " + ", ".join(parts) + f"; wrote {out}/")
+    echo(f"{method}: {_summary(result['metrics'])}; wrote {out}/")
+
+
+def _summary(m: dict) -> str:
+    keys = ("relative_l2", "psnr", "ssim", "relative_data_misfit", "reconstruction_s")
+    return ", ".join(f"{k} {m[k]:.4g}" for k in keys if k in m)

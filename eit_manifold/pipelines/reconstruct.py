@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -230,24 +230,56 @@ def reconstruct_problem(problem: EITProblem, config: ReconstructConfig) -> dict:
             "predicted": predicted, "metrics": metrics, "details": details}
 
 
-def reconstruct(config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
-    """The ``reconstruct`` job: read, reconstruct, write conductivity.npy/.xdmf, PNG and metrics.json."""
-    torch.manual_seed(config.seed)
-    problem = load_problem(config.data, (config.image_size, config.image_size), config.mesh, config.mesh_size, comm)
-    result = reconstruct_problem(problem, config)
-    out = Path(config.out)
+def write_outputs(out: Path, problem: EITProblem, result: dict, config: ReconstructConfig) -> None:
+    """conductivity.npy, conductivity.xdmf, metrics.json and reconstruction.png in ``out``.
+
+    Collective over the operator's communicator (the XDMF export); rank 0 of it writes the rest.
+    """
     from eit_manifold.operators.eit.export import export_xdmf
 
     export_xdmf(out / "conductivity.xdmf", problem.operator.tank_mesh, {"conductivity": result["cells"]})
-    if comm.rank == 0:
-        save_npy_atomic(out / "conductivity.npy", result["image"])
-        summary = {"config": asdict(config), "metrics": result["metrics"], "details": result["details"],
-                   "warnings": problem.warnings, "mesh_cells": problem.operator.n_cells}
-        write_json(out / "metrics.json", summary)
-        if config.plot:
-            from eit_manifold.eit_plots import plot_reconstruction
+    if problem.operator.tank_mesh.comm.rank != 0:
+        return
+    save_npy_atomic(out / "conductivity.npy", result["image"])
+    summary = {"config": asdict(config), "metrics": result["metrics"], "details": result["details"],
+               "warnings": problem.warnings, "mesh_cells": problem.operator.n_cells}
+    write_json(out / "metrics.json", summary)
+    if config.plot:
+        from eit_manifold.eit_plots import plot_reconstruction
 
-            plot_reconstruction(out / "reconstruction.png", result["image"], problem.data.radius,
-                                problem.data.measurements, result["predicted"], problem.truth,
-                                title=f"{config.method} reconstruction")
+        plot_reconstruction(out / "reconstruction.png", result["image"], problem.data.radius,
+                            problem.data.measurements, result["predicted"], problem.truth,
+                            title=f"{config.method} reconstruction")
+
+
+def reconstruct(config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
+    """The ``reconstruct`` job on one file, the mesh distributed over ``comm`` (SPMD: the torch
+    parts run identically on every process); writes conductivity.npy/.xdmf, PNG and metrics.json."""
+    torch.manual_seed(config.seed)
+    problem = load_problem(config.data, (config.image_size, config.image_size), config.mesh, config.mesh_size, comm)
+    result = reconstruct_problem(problem, config)
+    write_outputs(Path(config.out), problem, result, config)
     return result
+
+
+def reconstruct_batch(files: list[str], config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> list[dict]:
+    """Reconstruct many files, split across the processes of ``comm`` (each on ``COMM_SELF``).
+
+    File ``a/b/name.npz`` goes to ``OUT/name/``; each process writes the outputs of its own
+    files (distinct directories, atomic writes). Returns every file's metrics on every process.
+    """
+    from eit_manifold.operators.eit.parallel import spmd_map
+
+    stems = [Path(f).stem for f in files]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"batch files must have distinct names (outputs go to OUT/<name>/), got {files}")
+
+    def run(path: str) -> dict:
+        cfg = replace(config, data=path, out=str(Path(config.out) / Path(path).stem))
+        torch.manual_seed(cfg.seed)
+        problem = load_problem(path, (cfg.image_size, cfg.image_size), cfg.mesh, cfg.mesh_size, MPI.COMM_SELF)
+        result = reconstruct_problem(problem, cfg)
+        write_outputs(Path(cfg.out), problem, result, cfg)
+        return {"data": path, "out": cfg.out, "metrics": result["metrics"]}
+
+    return spmd_map(run, files, comm)
