@@ -45,6 +45,22 @@ def main(out: str) -> None:
     results["batch_items"] = np.array([i for s in shares for i in s])
     results["owners"] = np.array(owners)
 
+    # (c) a short reconstruction, SPMD on the distributed mesh
+    from eit_manifold.operators.eit.data_file import MeasurementData
+    from eit_manifold.pipelines.reconstruct import ReconstructConfig, make_problem, reconstruct_problem
+
+    truth = torch.full((1, 16, 16), 1.0, dtype=torch.float64)
+    truth[0, 3:7, 8:12] = 1.6
+    clean = op(truth)[0].numpy()
+    data = MeasurementData(
+        currents=op.model.currents, electrode_potentials=np.zeros_like(op.model.currents), measurements=clean,
+        measurement_matrix=op.model.measurement_matrix, electrode_angles=tank.electrode_angles,
+        electrode_width=tank.widths.copy(), contact_impedance=tank.impedances.copy(), radius=1.0, noise_level=0.001,
+    )
+    rec = reconstruct_problem(make_problem(data, op), ReconstructConfig(data="-", method="gauss-newton", iterations=2,
+                                                                         image_size=16))
+    results["recon_image"] = np.nan_to_num(rec["image"])
+
     # an error on one process reaches every process
     def fail_on_item_3(i: int) -> int:
         if i == 3:
