@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 
 import pytest
+import torch
 
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import MeshOptions, create_tank_mesh, tank_mesh
+
+torch.set_num_threads(1)  # as the CLI does: intra-op threads oversubscribe the 2 cores
 
 
 @functools.cache
