@@ -132,3 +132,15 @@ def test_bundled_atlases_load(name: str) -> None:
         w = atlas.sample_latent(0, 3)
         back = atlas.charts[0].encode(atlas.charts[0].decode(w))
     assert torch.allclose(back, w, atol=1e-4)
+
+
+def test_calibrate_prior_puts_data_on_the_plateau() -> None:
+    atlas = _atlas(k=1)
+    chart = atlas.charts[0]
+    x = 5.0 * torch.randn(400, 3)
+    chart.calibrate_prior(x, quantile=0.05)
+    with torch.no_grad():
+        w = chart.encode(x)
+    lo, hi = torch.quantile(w, 0.05, dim=0), torch.quantile(w, 0.95, dim=0)
+    assert torch.allclose(lo, torch.full((2,), -0.8), atol=1e-3)
+    assert torch.allclose(hi, torch.full((2,), 0.8), atol=1e-3)

@@ -267,6 +267,38 @@ class Chart(nn.Module):
         """``n`` samples ``G(w)``, ``w`` from the prior."""
         return self.decode(self.sample_latent(n, generator))
 
+    @torch.no_grad()
+    def calibrate_prior(self, x: Tensor, quantile: float = 0.02, batch_size: int = 256) -> None:
+        """Data-dependent (ActNorm-style) reset of the flow's first, elementwise affine block.
+
+        The encodings of ``x`` are mapped so that their ``quantile`` and ``1 - quantile``
+        per-coordinate quantiles land on ``-prior_flat`` and ``+prior_flat``: the prior's plateau
+        then covers the chart's data, which gradient steps on the flow alone reach only slowly.
+
+        Parameters
+        ----------
+        x : Tensor
+            Items this chart is responsible for, ``(N, *data_shape)``, ``N >= 2``.
+        quantile : float
+            Tail fraction left outside the plateau on each side.
+        batch_size : int
+            Encoding batch size.
+        """
+        x = self.check_data(x)
+        if len(x) < 2:
+            return
+        first, rest = self.flow.blocks[0], self.flow.blocks[1:]
+        z = torch.cat(
+            [self.decoder.left_inverse(self.to_net(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        )
+        for block in reversed(rest):
+            z = block.inverse(z)
+        lo = torch.quantile(z, quantile, dim=0)
+        hi = torch.quantile(z, 1 - quantile, dim=0)
+        half = ((hi - lo) / 2).clamp_min(1e-6)
+        first.shift.copy_((hi + lo) / 2)
+        first.log_scale.copy_((half / self.cfg.prior_flat).log())
+
     def neg_elbo(
         self, x: Tensor, noise: bool = True, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,9 @@ Phases are a fixed function of the epoch (so a resumed run follows the same sche
    is assigned half to its best and half to its second-best chart; the loss is
    ``mean_i sum_k beta_ik L_ik``. Charts thereby grow into their neighbours, so they overlap.
 
+When the mixture phase starts, each chart's latent flow is re-calibrated so that the prior's
+plateau covers the encodings of the chart's neighbourhood (:meth:`Chart.calibrate_prior`; gradient
+steps alone move the flow too slowly when the decoder stretches the latent space).
 After each epoch of phases 2-3 the chart weights are ``alpha_k <- mean_i beta_ik``. Adam with
 gradient-norm clipping. Every random draw (shuffling, encoder noise, Lipschitz directions) comes
 from one ``torch.Generator`` whose state is checkpointed with the model and the optimizer, so
@@ -212,6 +215,13 @@ def overlap_weights(losses: Tensor, latents: Tensor, log_weights: Tensor, edge: 
     return torch.where(at_edge[:, None], split, beta)
 
 
+def calibrate_priors(atlas: Atlas, data: Tensor, assign: Tensor) -> None:
+    """Fit every chart's latent flow to the encodings of its neighbourhood (see
+    :meth:`Chart.calibrate_prior`); done once, when the mixture phase starts."""
+    for k, chart in enumerate(atlas.charts):
+        chart.calibrate_prior(data[assign == k])
+
+
 def _epoch_loss(
     atlas: Atlas,
     batch: Tensor,
@@ -338,6 +348,8 @@ def train_atlas(
     for epoch in bar:
         for group in opt.param_groups:
             group["lr"] = cfg.learning_rate(epoch)
+        if epoch == cfg.pretrain_epochs:
+            calibrate_priors(atlas, data, assign)
         order = torch.randperm(len(data), generator=gen)
         total, beta_sum = 0.0, torch.zeros(atlas.n_charts)
         for start in range(0, len(data), cfg.batch_size):
