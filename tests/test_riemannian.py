@@ -158,10 +158,33 @@ def test_max_step_caps_trial_length() -> None:
     assert res.history.objective[-1, 0] < res.history.objective[0, 0]
 
 
+def test_auto_first_step_is_scale_free() -> None:
+    # A tiny objective (like a relative EIT misfit) needs many step doublings from tau = 1;
+    # step_init="auto" starts at the zero of the linear model and converges as fast as unscaled.
+    atlas = sphere_atlas()
+    a = [0.3, -0.2, -2.0]
+    expected = torch.tensor(a, dtype=torch.float64) / np.linalg.norm(a)
+    f = dist2_to(a)
+
+    def tiny(x):
+        return 1e-7 * f(x)
+
+    def run(**kw):
+        return RiemannianDescent(atlas, tiny, max_iter=15, ftol=0.0, gtol=0.0, **kw).run(
+            n_starts=2, generator=torch.Generator().manual_seed(0)
+        )
+
+    fixed, auto = run(), run(step_init="auto")
+    assert torch.allclose(auto.x, expected, atol=1e-5)
+    assert not torch.allclose(fixed.x, expected, atol=1e-3)
+    assert_monotone_and_on_manifold(atlas, auto)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"retraction": "exp"}, "retraction"),
+        ({"step_init": "fast"}, "step_init"),
         ({"max_iter": -1}, "max_iter"),
         ({"shrink": 1.0}, "shrink"),
         ({"armijo": 0.0}, "armijo"),

@@ -151,8 +151,11 @@ class RiemannianDescent:
         ``ftol * max(|F|, 1e-30)``.
     gtol : float
         Stop a start when the squared Riemannian gradient norm ``<g, v>`` is below ``gtol``.
-    step_init : float
+    step_init : float or "auto"
         First trial step ``tau``; later iterations start from ``growth`` times the last accepted.
+        ``"auto"`` makes the first trial scale-free: ``tau = F / <g, v>``, the step at which the
+        linear model of ``F`` reaches zero (backtracking then shortens it), so objectives of any
+        magnitude need no step-size tuning.
     max_step : float, optional
         Cap on the ambient length ``tau ||v||`` of a trial step.
     growth, shrink : float
@@ -184,7 +187,7 @@ class RiemannianDescent:
         max_iter: int = 100,
         ftol: float = 1e-9,
         gtol: float = 1e-14,
-        step_init: float = 1.0,
+        step_init: float | str = 1.0,
         max_step: float | None = None,
         growth: float = 2.0,
         shrink: float = 0.5,
@@ -203,8 +206,9 @@ class RiemannianDescent:
         for name, value in (("ftol", ftol), ("gtol", gtol), ("eps", eps)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be non-negative and finite, got {value!r}")
-        if not (math.isfinite(step_init) and step_init > 0):
-            raise ValueError(f"step_init must be positive, got {step_init!r}")
+        if step_init != "auto" and not (isinstance(step_init, int | float) and math.isfinite(step_init)
+                                        and step_init > 0):
+            raise ValueError(f"step_init must be positive or 'auto', got {step_init!r}")
         if max_step is not None and not max_step > 0:
             raise ValueError(f"max_step must be positive, got {max_step!r}")
         if not growth >= 1:
@@ -223,7 +227,7 @@ class RiemannianDescent:
         self.max_iter = int(max_iter)
         self.ftol = float(ftol)
         self.gtol = float(gtol)
-        self.step_init = float(step_init)
+        self.step_init = float("nan") if step_init == "auto" else float(step_init)  # NaN: set on first use
         self.max_step = max_step
         self.growth = float(growth)
         self.shrink = float(shrink)
@@ -418,9 +422,11 @@ class RiemannianDescent:
             x_base, jac = decode_with_jacobian(chart, w_base)
             f_base, g = self._f_and_grad(x_base)
             v, xi = riemannian_gradient(jac, g, self.eps)
-            tau0 = st.tau[grp]
             g64 = g.reshape(len(grp), -1).to(torch.float64)
             sq = (g64 * v).sum(dim=1)
+            tau0 = st.tau[grp]
+            unset = torch.isnan(tau0)  # step_init="auto": the zero of the objective's linear model
+            tau0[unset] = f_base.to(torch.float64)[unset].abs() / sq[unset].clamp_min(1e-300)
             jtg = (jac.transpose(1, 2) @ g64[..., None])[..., 0]
             x1, w1, f1, tau, ok = self._line_search(chart, x_base, w_base, f_base, st.f[grp], v, xi, jtg, tau0)
             # Accepted steps update the state; a failed switch keeps the old chart and point.

@@ -174,7 +174,7 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
             f"{problem.operator.image_shape}: pass --image-size {atlas.image_shape and atlas.image_shape[0]}"
         )
     descent = RiemannianDescent(atlas, misfit_objective(problem, config.sigma_min, config.sigma_max),
-                                max_iter=config.iterations, max_step=5.0)
+                                max_iter=config.iterations, max_step=5.0, step_init="auto", ftol=1e-5)
     result = descent.run(n_starts=config.starts, generator=torch.Generator().manual_seed(config.seed))
     x = result.x.detach().to(torch.float64)
     sigma = conductivity_from_image(x, config.sigma_min, config.sigma_max).numpy()
