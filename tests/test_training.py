@@ -108,6 +108,9 @@ def test_train_config_phases() -> None:
     phases = [cfg.phase(e) for e in range(10)]
     assert phases == ["seed"] * 2 + ["mixture"] * 6 + ["overlap"] * 2
     assert [cfg.lipschitz_on(e) for e in range(10)] == [False] * 2 + [True] * 3 + [False] * 5
+    assert not any(cfg.recalibrate(e) for e in range(10))
+    every2 = TrainConfig(epochs=10, pretrain_epochs=2, calibrate_every=2)
+    assert [e for e in range(10) if every2.recalibrate(e)] == [4, 6, 8]
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
 

@@ -14,7 +14,8 @@ Phases are a fixed function of the epoch (so a resumed run follows the same sche
    is assigned half to its best and half to its second-best chart; the loss is
    ``mean_i sum_k beta_ik L_ik``. Charts thereby grow into their neighbours, so they overlap.
 
-When the mixture phase starts, each chart's latent flow is re-calibrated so that the prior's
+When the mixture phase starts (and every ``calibrate_every`` epochs after), each chart's latent
+flow is re-calibrated so that the prior's
 plateau covers the encodings of the chart's neighbourhood (:meth:`Chart.calibrate_prior`; gradient
 steps alone move the flow too slowly when the decoder stretches the latent space).
 After each epoch of phases 2-3 the chart weights are ``alpha_k <- mean_i beta_ik``. Adam with
@@ -76,6 +77,9 @@ class TrainConfig:
     overlap_margin : float
         ... but only when that chart's loss exceeds the best one by less than this
         (so a chart is never dragged towards far-away data).
+    calibrate_every : int
+        Besides the calibration of the latent flows when the mixture phase starts, re-calibrate
+        them every this many epochs afterwards, on the current best-chart assignment (0: never).
     grad_clip : float
         Maximal gradient norm.
     checkpoint_every : int
@@ -95,6 +99,7 @@ class TrainConfig:
     overlap_epochs: int = 5
     overlap_edge: float = 0.7
     overlap_margin: float = 100.0
+    calibrate_every: int = 0
     grad_clip: float = 10.0
     checkpoint_every: int = 5
     seed: int = 0
@@ -120,6 +125,11 @@ class TrainConfig:
     def lipschitz_on(self, epoch: int) -> bool:
         """Whether the Lipschitz penalty is active at ``epoch``."""
         return self.pretrain_epochs <= epoch < self.pretrain_epochs + self.lipschitz_epochs
+
+    def recalibrate(self, epoch: int) -> bool:
+        """Whether the latent flows are re-calibrated at the start of ``epoch`` (after the first)."""
+        since = epoch - self.pretrain_epochs
+        return self.calibrate_every > 0 and since > 0 and since % self.calibrate_every == 0
 
     def learning_rate(self, epoch: int) -> float:
         """Geometric decay from ``lr`` to ``lr * lr_final``."""
@@ -213,6 +223,12 @@ def overlap_weights(losses: Tensor, latents: Tensor, log_weights: Tensor, edge: 
     split = torch.zeros_like(beta)
     split.scatter_(1, top2, 0.5)
     return torch.where(at_edge[:, None], split, beta)
+
+
+def best_charts(atlas: Atlas, data: Tensor, batch_size: int = 256) -> Tensor:
+    """Noise-free best chart of every item (no gradients), ``(N,)``."""
+    with torch.no_grad():
+        return torch.cat([atlas.best_chart(data[i : i + batch_size]) for i in range(0, len(data), batch_size)])
 
 
 def calibrate_priors(atlas: Atlas, data: Tensor, assign: Tensor) -> None:
@@ -350,6 +366,8 @@ def train_atlas(
             group["lr"] = cfg.learning_rate(epoch)
         if epoch == cfg.pretrain_epochs:
             calibrate_priors(atlas, data, assign)
+        elif cfg.recalibrate(epoch):
+            calibrate_priors(atlas, data, best_charts(atlas, data))
         order = torch.randperm(len(data), generator=gen)
         total, beta_sum = 0.0, torch.zeros(atlas.n_charts)
         for start in range(0, len(data), cfg.batch_size):
