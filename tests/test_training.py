@@ -72,8 +72,9 @@ def _small_job(**kw):
     )
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path) -> None:
-    job = _small_job()
+@pytest.mark.parametrize("calibrate_every", [0, 1])
+def test_resume_reproduces_uninterrupted_run(tmp_path, calibrate_every: int) -> None:
+    job = _small_job(calibrate_every=calibrate_every)
     run_train(job, tmp_path / "full", progress=False, plots=False)
     partial = run_train(job, tmp_path / "split", stop_after=2, progress=False, plots=False)
     assert not partial["finished"] and not (tmp_path / "split" / "atlas.pt").exists()
