@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,9 @@ def driver(args: argparse.Namespace) -> None:
                 out = Path(tmp) / f"{mode}-{n}.json"
                 cmd = [mpirun, "-n", str(n), sys.executable, __file__, "--child", mode, "--result", str(out),
                        "--repeats", str(args.repeats), "--method", args.method]
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                # one BLAS/OpenMP thread per process for every N: N processes on N cores, no oversubscription
+                env = os.environ | {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
                 results.setdefault(mode, {})[n] = json.loads(out.read_text())
     base = ranks[0]
     print(f"(a) forward solve, fine mesh ({results['forward'][base]['cells']} cells), mesh distributed:")
