@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml scripts/find_python.sh
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/eit-manifold simulate --seed 0 --out results/demo/data.npz --plot results/demo/data.png
+	$(VENV)/bin/eit-manifold demo --seed 0 --out results/demo
 
 test: setup
 	$(VENV)/bin/pytest -m "not slow" -q --timeout=900

@@ -7,6 +7,7 @@ commands only parse options and call a pipeline from :mod:`eit_manifold.pipeline
 from __future__ import annotations
 
 from eit_manifold.cli import deblur as _deblur  # noqa: E402,F401
+from eit_manifold.cli import demo as _demo  # noqa: E402,F401
 from eit_manifold.cli import ktc as _ktc  # noqa: E402,F401
 
 # Importing the command modules registers their commands on ``app``.

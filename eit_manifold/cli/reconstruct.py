@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from eit_manifold.cli._app import app, echo
+from eit_manifold.cli._app import app, echo, is_root
 
 
 @app.command("reconstruct")
@@ -35,6 +35,7 @@ def reconstruct_command(
     config = ReconstructConfig(
         data=str(data[0]), out=str(out), method=method, atlas=atlas, starts=starts, iterations=iterations,
         mesh=mesh, mesh_size=mesh_size, sigma_min=sigma_min, sigma_max=sigma_max, image_size=image_size, seed=seed,
+        progress=is_root(),
     )
     if len(data) > 1 or batch:
         for item in reconstruct_batch([str(d) for d in data], config):

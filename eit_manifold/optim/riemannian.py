@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from eit_manifold.optim.verbs import (
     ChartLike,
@@ -453,6 +454,7 @@ class RiemannianDescent:
         x0: Tensor | None = None,
         chart0: Tensor | None = None,
         generator: torch.Generator | None = None,
+        progress: bool = False,
     ) -> DescentResult:
         """Minimise the objective from ``n_starts`` prior samples (or from ``x0``).
 
@@ -466,6 +468,8 @@ class RiemannianDescent:
             Chart of each ``x0`` (default: the most responsible chart).
         generator : torch.Generator, optional
             Random source of the prior samples.
+        progress : bool
+            Show a progress bar (iterations, best objective).
 
         Returns
         -------
@@ -476,9 +480,12 @@ class RiemannianDescent:
         b = st.x.shape[0]
         objs, charts, steps, sw = [st.f.numpy().copy()], [st.chart.numpy().copy()], [], []
         iterates = [st.x.reshape(b, -1).double().numpy().copy()] if self.record_iterates else None
+        bar = tqdm(total=self.max_iter, desc="descent", disable=not progress, leave=False)
         for _ in range(self.max_iter):
             if not st.active.any():
                 break
+            bar.update()
+            bar.set_postfix(best=f"{float(st.f.min()):.3g}", active=int(st.active.sum()))
             step, switched, stop = self._iterate(st)
             st.active &= ~stop
             objs.append(st.f.numpy().copy())
@@ -487,6 +494,7 @@ class RiemannianDescent:
             sw.append(switched.numpy())
             if iterates is not None:
                 iterates.append(st.x.reshape(b, -1).double().numpy().copy())
+        bar.close()
         history = DescentHistory(
             objective=np.stack(objs),
             chart=np.stack(charts),

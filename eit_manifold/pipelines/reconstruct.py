@@ -50,6 +50,7 @@ class ReconstructConfig:
     image_size: int = 64
     seed: int = 0
     plot: bool = True
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -175,7 +176,8 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         )
     descent = RiemannianDescent(atlas, misfit_objective(problem, config.sigma_min, config.sigma_max),
                                 max_iter=config.iterations, max_step=5.0, step_init="auto", ftol=1e-5)
-    result = descent.run(n_starts=config.starts, generator=torch.Generator().manual_seed(config.seed))
+    result = descent.run(n_starts=config.starts, generator=torch.Generator().manual_seed(config.seed),
+                         progress=config.progress)
     x = result.x.detach().to(torch.float64)
     sigma = conductivity_from_image(x, config.sigma_min, config.sigma_max).numpy()
     history = result.history.objective
