@@ -35,7 +35,7 @@ TAU = 1.2
 WEIGHTS = np.logspace(-8, 2, 21)
 
 
-def noise_std(data: np.ndarray, noise_level: float) -> np.ndarray:
+def pattern_noise_std(data: np.ndarray, noise_level: float) -> np.ndarray:
     """Per-datum std (P*M,) from the relative noise level of each pattern (floor 1e-3)."""
     rms = np.sqrt(np.mean(data**2, axis=1, keepdims=True))
     return np.broadcast_to(max(noise_level, 1e-3) * rms, data.shape).ravel().copy()
@@ -77,7 +77,7 @@ def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: floa
     """
     model: CEMForwardModel = problem.operator.model
     data = problem.data.measurements
-    std = noise_std(data, problem.data.noise_level)
+    std = pattern_noise_std(data, problem.data.noise_level)
     iterations = 10 if iterations is None else int(iterations)
     basis = pixel_basis(model, GRID)
     sigma0 = homogeneous_fit(model, data)

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from eit_manifold.operators.eit import CEMForwardModel
 from eit_manifold.operators.eit.cem import CEMSolution
 from eit_manifold.operators.eit.forward import ForwardResult
+from eit_manifold.operators.eit.pixels import pixel_centres
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,9 @@ def pixel_basis(model: CEMForwardModel, n: int) -> PixelBasis:
     active = np.asarray(full.sum(axis=0)).ravel() > 0
     matrix = full[:, active].tocsr()
     matrix = sp.diags(1.0 / np.asarray(matrix.sum(axis=1)).ravel()) @ matrix  # rows sum to 1 again
-    R = model.tank.radius
-    h = 2 * R / n
-    c = -R + (np.arange(n) + 0.5) * h
-    X, Y = np.meshgrid(c, c[::-1])
+    X, Y = pixel_centres((n, n), model.tank.radius)
     centres = np.column_stack([X.ravel(), Y.ravel()])[active]
-    return PixelBasis((n, n), active, matrix.tocsr(), centres, h)
+    return PixelBasis((n, n), active, matrix.tocsr(), centres, 2 * model.tank.radius / n)
 
 
 def jacobian_in_basis(
