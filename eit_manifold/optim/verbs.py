@@ -15,10 +15,15 @@ A chart is anything with ``decode(w) -> x`` (the generator ``G_k``, latent ``(B,
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol
 
 import torch
 from torch import Tensor
+
+# torch's own forward-mode decompositions still call torch.jit.script on the first jvp, which
+# prints a deprecation warning into every command's output; it is not about this code.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 
 class ChartLike(Protocol):
