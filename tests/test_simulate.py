@@ -63,6 +63,8 @@ def test_image_phantom_maps_to_sigma_range(tmp_path):
         (["--injection", "diagonal"], "unknown injection"),
         (["--mesh", "missing.msh"], "missing.msh"),
         (["--phantom", "blob"], "unknown phantom"),
+        (["--noise", "abc"], "Invalid value for '--noise'"),
+        (["--no-such-option"], "No such option"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, args, message):
@@ -79,6 +81,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, args, m
     )
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1  # one line, no usage box
     assert list(tmp_path.iterdir()) == []
 
 

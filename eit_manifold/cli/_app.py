@@ -54,9 +54,25 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
+    from typer import _click
+
     comm = MPI.COMM_WORLD
     try:
-        app()
+        # standalone_mode=False: option errors come back to us and are printed in one line too
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except _click.exceptions.NoArgsIsHelpError:
+        sys.exit(2)  # the help text has been printed
+    except _click.exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "eit-manifold"
+        print(f"error: {exc.format_message()} (see '{where} --help')", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except _click.exceptions.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except USER_ERRORS as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         prefix = f"error (rank {comm.rank})" if comm.size > 1 else "error"
