@@ -77,7 +77,8 @@ def test_reconstruct_command_end_to_end(tiny_atlas, tmp_path):
     assert sim.returncode == 0, sim.stderr[-2000:]
     out = tmp_path / "rec"
     proc = subprocess.run([*CLI, "reconstruct", "--data", str(data), "--atlas", str(tiny_atlas), "--image-size", "32",
-                           "--mesh-size", "0.12", "--starts", "2", "--iterations", "20", "--out", str(out)],
+                           "--mesh-size", "0.12", "--starts", "2", "--iterations", "20", "--no-warm-start",
+                           "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     image = np.load(out / "conductivity.npy")

@@ -28,6 +28,9 @@ def reconstruct_command(
     sigma_max: float = typer.Option(1.8, help="Conductivity of image value 1."),
     image_size: int = typer.Option(64, help="Image size (must match the atlas)."),
     seed: int = typer.Option(0, help="Random seed (start points)."),
+    warm_start: bool = typer.Option(
+        True, help="Atlas: add a start at the atlas projection of a 3-step Gauss-Newton reconstruction."
+    ),
 ) -> None:
     """Reconstruct a conductivity image; writes conductivity.npy/.xdmf, reconstruction.png, metrics.json."""
     from eit_manifold.pipelines.reconstruct import ReconstructConfig, reconstruct, reconstruct_batch
@@ -35,7 +38,7 @@ def reconstruct_command(
     config = ReconstructConfig(
         data=str(data[0]), out=str(out), method=method, atlas=atlas, starts=starts, iterations=iterations,
         mesh=mesh, mesh_size=mesh_size, sigma_min=sigma_min, sigma_max=sigma_max, image_size=image_size, seed=seed,
-        progress=is_root(),
+        progress=is_root(), warm_start=warm_start,
     )
     if len(data) > 1 or batch:
         for item in reconstruct_batch([str(d) for d in data], config):
