@@ -124,4 +124,5 @@ def test_same_mesh_warns_of_inverse_crime(operator):
     data = _data(operator, np.ones(operator.data_shape))
     data.extras["conductivity"] = np.ones(operator.n_cells)
     with pytest.warns(UserWarning, match="inverse crime"):
-        make_problem(data, operator)
+        problem = make_problem(data, operator)
+    assert any("inverse crime" in note for note in problem.warnings)  # also recorded in metrics.json
