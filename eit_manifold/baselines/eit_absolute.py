@@ -29,16 +29,11 @@ from eit_manifold.baselines.eit_linear import (
     tv_solve,
 )
 from eit_manifold.operators.eit import CEMForwardModel
+from eit_manifold.operators.eit.data_file import relative_noise_std
 
 GRID = 32
 TAU = 1.2
 WEIGHTS = np.logspace(-8, 2, 21)
-
-
-def pattern_noise_std(data: np.ndarray, noise_level: float) -> np.ndarray:
-    """Per-datum std (P*M,) from the relative noise level of each pattern (floor 1e-3)."""
-    rms = np.sqrt(np.mean(data**2, axis=1, keepdims=True))
-    return np.broadcast_to(max(noise_level, 1e-3) * rms, data.shape).ravel().copy()
 
 
 def homogeneous_fit(model: CEMForwardModel, data: np.ndarray, start: float = 1.0, steps: int = 8) -> float:
@@ -77,7 +72,7 @@ def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: floa
     """
     model: CEMForwardModel = problem.operator.model
     data = problem.data.measurements
-    std = pattern_noise_std(data, problem.data.noise_level)
+    std = relative_noise_std(data, max(problem.data.noise_level, 1e-3)).ravel()  # the file's noise model
     iterations = 10 if iterations is None else int(iterations)
     basis = pixel_basis(model, GRID)
     sigma0 = homogeneous_fit(model, data)

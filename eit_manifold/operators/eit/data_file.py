@@ -83,16 +83,23 @@ class MeasurementData:
         )
 
 
-def add_noise(clean: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
-    """Add Gaussian noise relative to each pattern's root-mean-square value.
+def relative_noise_std(data: np.ndarray, level: float) -> np.ndarray:
+    """Noise std of every datum (shape of ``data``, (P, M)): ``level * rms(data_p)`` per pattern.
 
-    ``d_pm = clean_pm + level * rms(clean_p) * N(0, 1)`` with ``rms(clean_p) = ||clean_p|| / sqrt(M)``,
-    so that ``||noise_p|| / ||clean_p||`` is about ``level``.
+    ``rms(d_p) = ||d_p|| / sqrt(M)``, so noise of this std has ``||noise_p|| / ||d_p||`` about ``level``.
     """
     if not (np.isfinite(level) and level >= 0):
         raise ValueError(f"noise level must be a non-negative number, got {level!r}")
-    rms = np.sqrt(np.mean(clean**2, axis=1, keepdims=True))
-    return clean + level * rms * rng.standard_normal(clean.shape)
+    rms = np.sqrt(np.mean(data**2, axis=1, keepdims=True))
+    return np.broadcast_to(level * rms, data.shape)
+
+
+def add_noise(clean: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    """Add Gaussian noise relative to each pattern's root-mean-square value.
+
+    ``d_pm = clean_pm + level * rms(clean_p) * N(0, 1)`` (see :func:`relative_noise_std`).
+    """
+    return clean + relative_noise_std(clean, level) * rng.standard_normal(clean.shape)
 
 
 def write_measurements(path: str | Path, data: MeasurementData) -> None:
