@@ -315,7 +315,7 @@ class RiemannianDescent:
                         ws[j] = wk[i]
             w = torch.stack(ws)
         w = self._clip(w)
-        x = self._decode_grouped(w, chart)
+        x = self.decode_points(w, chart)
         with torch.no_grad():
             f = self._f(x)
         b = x.shape[0]
@@ -328,7 +328,8 @@ class RiemannianDescent:
             active=torch.isfinite(f),
         )
 
-    def _decode_grouped(self, w: Tensor, chart: Tensor) -> Tensor:
+    def decode_points(self, w: Tensor, chart: Tensor) -> Tensor:
+        """Decode latents ``w`` (B, d), each with its chart ``chart`` (B,), one batch per chart."""
         out = None
         with torch.no_grad():
             for k in chart.unique().tolist():

@@ -179,8 +179,7 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
                                 max_iter=config.iterations, max_step=5.0, step_init="auto", ftol=1e-5)
     generator = torch.Generator().manual_seed(config.seed)
     w, charts = descent.initial_points(config.starts, generator)
-    with torch.no_grad():
-        x0 = torch.cat([atlas.charts[k].decode(w[i : i + 1]) for i, k in enumerate(charts.tolist())])
+    x0 = descent.decode_points(w, charts)
     if config.warm_start:
         # Prior samples of a weak atlas can all be far from the data; the projection of a classic
         # reconstruction onto the atlas is a start that already explains most of the data.
