@@ -128,10 +128,16 @@ def test_bundled_atlases_load(name: str) -> None:
     assert atlas.n_charts == (1 if name.endswith("k1") else 2)
     x = atlas.sample(4, torch.Generator().manual_seed(0))
     assert x.shape == (4, 64, 64)
+    # The encoder is the exact inverse (float64: 1e-8); in float32 deep invertible networks amplify
+    # round-off for a few latents (a few % of prior samples reach 1e-3), so float32 is checked on
+    # the median only.
+    w = atlas.sample_latent(0, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        w = atlas.sample_latent(0, 3)
-        back = atlas.charts[0].encode(atlas.charts[0].decode(w))
-    assert torch.allclose(back, w, atol=1e-4)
+        back32 = atlas.charts[0].encode(atlas.charts[0].decode(w))
+        atlas64 = load_atlas(name).double()
+        back64 = atlas64.charts[0].encode(atlas64.charts[0].decode(w.double()))
+    assert torch.allclose(back64, w.double(), atol=1e-8)
+    assert (back32 - w).abs().max(dim=1).values.median() < 1e-5
 
 
 def test_calibrate_prior_puts_data_on_the_plateau() -> None:
