@@ -7,7 +7,7 @@
     ``COMM_SELF`` with its own copy of the mesh.
 
 The driver runs ``mpirun -n N python benchmarks/mpi.py --child MODE`` for N = 1, 2 and prints the
-medians and the speed-ups. Usage: ``python benchmarks/mpi.py [--method gauss-newton|atlas]
+medians and the speed-ups. Usage: ``python benchmarks/mpi.py [--method atlas|gauss-newton]
 [--repeats 3] [--ranks 1,2] [--json results/mpi.json]``.
 """
 
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["forward", "batch"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help="forward solves timed (median)")
-    parser.add_argument("--method", default="gauss-newton", help="reconstruction method of the batch")
+    parser.add_argument("--method", default="atlas", help="reconstruction method of the batch")
     parser.add_argument("--ranks", default="1,2", help="process counts to compare")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
