@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 from eit_manifold.operators.eit.forward import CEMForwardModel, ForwardResult
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import MeshOptions, TankMesh, tank_mesh
-from eit_manifold.operators.eit.parallel import share, spmd_map
+from eit_manifold.operators.eit.parallel import spmd_map
 
 
 class _CEMFunction(torch.autograd.Function):
@@ -31,7 +31,6 @@ class _CEMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sigma_cells: torch.Tensor, model: CEMForwardModel, batch_comm: MPI.Comm) -> torch.Tensor:  # type: ignore[override]
         values = sigma_cells.detach().cpu().numpy()
-        mine = share(len(values), batch_comm) if batch_comm.size > 1 else range(len(values))
         results: dict[int, ForwardResult] = {}
 
         def solve(i: int) -> np.ndarray:
@@ -41,7 +40,7 @@ class _CEMFunction(torch.autograd.Function):
         data = np.stack(spmd_map(solve, list(range(len(values))), batch_comm))
         # Keep the factorisations only when a backward pass may come (bounded memory otherwise).
         ctx.results = results if sigma_cells.requires_grad else None
-        ctx.mine, ctx.model, ctx.batch_comm = mine, model, batch_comm
+        ctx.model, ctx.batch_comm = model, batch_comm
         return torch.from_numpy(data).to(device=sigma_cells.device, dtype=sigma_cells.dtype)
 
     @staticmethod
@@ -157,7 +156,6 @@ class _PixelToCells(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat: torch.Tensor, P: torch.Tensor, PT: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(PT)
-        ctx.P = P
         return torch.sparse.mm(P, flat.T).T
 
     @staticmethod

@@ -23,7 +23,6 @@ key                        shape       meaning
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,13 +130,6 @@ def read_measurements(path: str | Path) -> MeasurementData:
     )
     _validate(data, str(path))
     return data
-
-
-def phantom_description(data: MeasurementData) -> dict | None:
-    """The JSON phantom description stored in the file, if any."""
-    if "phantom" not in data.extras:
-        return None
-    return json.loads(str(data.extras["phantom"]))
 
 
 def _validate(d: MeasurementData, source: str) -> None:

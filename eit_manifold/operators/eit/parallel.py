@@ -12,7 +12,6 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable, Sequence
 
-import numpy as np
 from mpi4py import MPI
 
 
@@ -70,9 +69,3 @@ def spmd_map[T, R](fn: Callable[[T], R], items: Sequence[T], comm: MPI.Comm) -> 
     parts = allgather_checked(comm, mine, error)
     return [r for part in parts for r in part]
 
-
-def gather_rows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
-    """Concatenate per-process row blocks (in rank order) on every process."""
-    if comm.size == 1:
-        return local
-    return np.concatenate(comm.allgather(local), axis=0)

@@ -69,8 +69,3 @@ def pixel_to_cell_matrix(
     P.sum_duplicates()
     return P
 
-
-def check_image_shape(image: np.ndarray, image_shape: tuple[int, int]) -> None:
-    """Raise a clear error if the trailing dimensions of ``image`` are not ``image_shape``."""
-    if tuple(image.shape[-2:]) != tuple(image_shape):
-        raise ValueError(f"image must have shape (..., {image_shape[0]}, {image_shape[1]}), got {tuple(image.shape)}")
