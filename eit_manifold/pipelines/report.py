@@ -70,11 +70,14 @@ def run_report(config: ReportConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     sim_cfg = SimulateConfig(mesh=config.simulation_mesh, image_size=config.image_size)
     sim_model = simulation_model(sim_cfg, MPI.COMM_SELF)
     cases = _cases(config)
-    datasets = []
-    for c in cases:
+
+    def simulate_case(c: dict):
         cfg = replace(sim_cfg, phantom=c["phantom"], seed=c["index"], noise=c["noise"])
         rng = np.random.default_rng([config.seed, c["index"], round(c["noise"] * 1e6)])
-        datasets.append(simulate_data(cfg, sim_model, rng))
+        return simulate_data(cfg, sim_model, rng)
+
+    # each process simulates its share of the phantoms (seeded per case), then all have them all
+    datasets = spmd_map(simulate_case, cases, comm)
     operator = reconstruction_operator(datasets[0], (config.image_size,) * 2, config.reconstruction_mesh,
                                        comm=MPI.COMM_SELF)
     tasks = [(i, label) for i in range(len(cases)) for label in config.methods]
