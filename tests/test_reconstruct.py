@@ -126,3 +126,17 @@ def test_same_mesh_warns_of_inverse_crime(operator):
     with pytest.warns(UserWarning, match="inverse crime"):
         problem = make_problem(data, operator)
     assert any("inverse crime" in note for note in problem.warnings)  # also recorded in metrics.json
+
+
+def test_report_writes_tables_for_every_case_and_method(tmp_path):
+    from eit_manifold.pipelines.report import ReportConfig, run_report
+
+    config = ReportConfig(n=2, noise=(0.01,), out=str(tmp_path), out_of_family=("disk",),
+                          methods={"gauss-newton": ("gauss-newton", "balls"), "tv": ("tv", "balls")})
+    summary = run_report(config)
+    items = json.loads((tmp_path / "results.json").read_text())["items"]
+    assert sorted((i["case"], i["method"]) for i in items) == [(c, m) for c in range(3) for m in ("gauss-newton", "tv")]
+    stats = summary["balls (held-out)"]["0.01"]["gauss-newton"]["relative_l2"]
+    assert len(stats["values"]) == 2 and 0 < stats["mean"] < 0.5
+    assert "| 0.01 | tv |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "reconstructions.png").stat().st_size > 1000
