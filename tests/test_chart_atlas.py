@@ -50,6 +50,27 @@ def test_atlas_api_shapes() -> None:
         assert torch.allclose(atlas.project(proj), proj, atol=1e-4)
 
 
+def test_project_is_the_nearest_chart_projection_and_fixes_every_chart_image() -> None:
+    atlas = _atlas()
+    with torch.no_grad():
+        x = torch.randn(40, 3)
+        candidates = torch.stack([c.project(x) for c in atlas.charts], dim=1)
+        nearest = (candidates - x[:, None]).norm(dim=2).min(dim=1).values
+        proj = atlas.project(x)
+        assert torch.allclose((proj - x).norm(dim=1), nearest)
+    # an overlap: chart 1 is a slightly perturbed copy of chart 0, and chart 0 is far more responsible
+    atlas = _atlas(k=2)
+    with torch.no_grad():
+        atlas.charts[1].load_state_dict(atlas.charts[0].state_dict())
+        for p in atlas.charts[1].parameters():
+            p.add_(1e-3 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
+        atlas.set_weights(torch.tensor([0.999, 0.001]))
+        x1 = atlas.charts[1].decode(atlas.sample_latent(1, 30))
+        assert (atlas.best_chart(x1) == 0).all()
+        assert (atlas.charts[0].project(x1) - x1).norm(dim=1).max() > 1e-4  # the charts disagree
+        assert torch.allclose(atlas.project(x1), x1, atol=1e-5)  # yet chart 1's points stay in place
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     atlas = _atlas()
     with pytest.raises(ValueError, match=r"expected data of shape \(B, 3\), got \(4, 2\)"):

@@ -106,14 +106,27 @@ class Atlas(nn.Module):
         return self.chart_probabilities(x).argmax(dim=1)
 
     def project(self, x: Tensor) -> Tensor:
-        """Project every item through its best chart: ``G_k(E_k(x))``, shape of ``x``."""
+        """Projection onto the learned manifold: the nearest of the charts' ``G_k(E_k(x))``.
+
+        The learned manifold is the union of the chart images, so its projection is the closest of
+        the per-chart projections. It leaves every point of a chart image in place (to round-off),
+        which a responsibility-based choice (:meth:`best_chart`) would not: in chart overlaps the
+        learned charts disagree by the atlas' projection error.
+
+        Parameters
+        ----------
+        x : Tensor
+            Batch of data items, ``(B, *data_shape)``.
+
+        Returns
+        -------
+        Tensor
+            Projections, shape of ``x``.
+        """
         x = self.charts[0].check_data(x)
-        best = self.best_chart(x)
-        out = torch.empty_like(x)
-        for k in best.unique().tolist():
-            idx = best == k
-            out[idx] = self.charts[k].project(x[idx])
-        return out
+        candidates = torch.stack([chart.project(x) for chart in self.charts], dim=1)
+        dist = (candidates - x[:, None]).flatten(2).norm(dim=2)
+        return candidates[torch.arange(len(x)), dist.argmin(dim=1)]
 
     def sample_latent(self, k: int, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples of chart ``k``'s prior, ``(n, d)``."""
