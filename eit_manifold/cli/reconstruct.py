@@ -29,7 +29,7 @@ def reconstruct_command(
     image_size: int = typer.Option(64, help="Image size (must match the atlas)."),
     seed: int = typer.Option(0, help="Random seed (start points)."),
     warm_start: bool = typer.Option(
-        True, help="Atlas: add a start at the atlas projection of a 3-step Gauss-Newton reconstruction."
+        True, help="Atlas: add a start per chart at its projection of a 3-step Gauss-Newton reconstruction."
     ),
 ) -> None:
     """Reconstruct a conductivity image; writes conductivity.npy/.xdmf, reconstruction.png, metrics.json."""
