@@ -96,6 +96,7 @@ def plot_atlas(
         Output PNG.
     dataset : str, optional
         For point data: also scatter held-out points of this dataset, coloured by best chart.
+        For images: ``"ktc"`` shows values in [-1, 1] (others in [0, 1]).
     n : int
         Number of samples (point data).
     per_chart : int
@@ -106,12 +107,13 @@ def plot_atlas(
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         if atlas.image_shape is not None:
+            lo, hi = (-1.0, 1.0) if dataset == "ktc" else (0.0, 1.0)  # ktc: resistive -1, conductive +1
             rows = [
-                atlas.charts[k].sample(per_chart, gen).clamp(0, 1).numpy()
+                atlas.charts[k].sample(per_chart, gen).clamp(lo, hi).numpy()
                 for k in range(atlas.n_charts)
             ]
             labels = [f"chart {k}" for k in range(atlas.n_charts)]
-            image_grid(np.concatenate(rows), atlas.n_charts, per_chart, path, labels)
+            image_grid(np.concatenate(rows), atlas.n_charts, per_chart, path, labels, vmin=lo, vmax=hi)
             return
         samples, charts = atlas.sample(n, gen, return_charts=True)
         panels = [("samples (colour = chart)", samples.numpy(), charts.numpy())]

@@ -58,6 +58,9 @@ def test_project_is_the_nearest_chart_projection_and_fixes_every_chart_image() -
         nearest = (candidates - x[:, None]).norm(dim=2).min(dim=1).values
         proj = atlas.project(x)
         assert torch.allclose((proj - x).norm(dim=1), nearest)
+        points, charts = atlas.project_on_every_chart(x)
+        assert points.shape == (3 * 40, 3) and charts.tolist() == [k for k in range(3) for _ in range(40)]
+        assert torch.equal(points[40:80], atlas.charts[1].project(x))
     # an overlap: chart 1 is a slightly perturbed copy of chart 0, and chart 0 is far more responsible
     atlas = _atlas(k=2)
     with torch.no_grad():

@@ -10,8 +10,13 @@ from eit_manifold.data.images import (
     BALL_BACKGROUND,
     BAR_BACKGROUND,
     BAR_CONTRAST,
+    KTC_MARGIN,
+    KTC_MAX_TARGETS,
+    KTC_RADII,
     angle_error,
     make_images,
+    pixel_grid,
+    render,
     render_bar,
 )
 from eit_manifold.data.toy import TOY_DATASETS
@@ -82,3 +87,32 @@ def test_heldout_images_are_test_items_and_128_works() -> None:
     np.testing.assert_array_equal(img, test[2])
     assert set(params) == {"centres", "radii"}
     assert make_dataset("bars", 2, size=128).shape == (2, 128, 128)
+
+
+def test_ktc_family_values_targets_and_disk() -> None:
+    images, params = make_images("ktc", 60, size=64)
+    assert images.shape == (60, 64, 64) and images.dtype == np.float32
+    assert -1.0 <= images.min() and images.max() <= 1.0
+    x, y = pixel_grid(64)
+    # every target lies inside the disk of radius 1 - KTC_MARGIN (plus the one-pixel edge ramp)
+    outside = np.hypot(x, y) > 1 - KTC_MARGIN + 2 / 64
+    assert np.all(images[:, outside] == 0.0)
+    counts, signs = set(), set()
+    for img, p in zip(images, params, strict=True):
+        n = len(p["radii"])
+        counts.add(n)
+        assert 1 <= n <= KTC_MAX_TARGETS and len(p["vertices"]) == n
+        assert np.all((KTC_RADII[0] <= p["radii"]) & (p["radii"] <= KTC_RADII[1]))
+        for (cx, cy), value, vertices in zip(p["centres"], p["values"], p["vertices"], strict=True):
+            signs.add(value)
+            # the target's value is reached at its centre (interior pixel nearest to it)
+            i, j = np.unravel_index(np.argmin(np.hypot(x - cx, y - cy)), x.shape)
+            if vertices is None:
+                assert img[i, j] == value
+            else:
+                edges = np.roll(vertices, -1, axis=0) - vertices
+                cross = edges[:, 0] * np.roll(edges[:, 1], -1) - edges[:, 1] * np.roll(edges[:, 0], -1)
+                assert np.all(cross > 0)  # convex and counter-clockwise
+                assert np.sign(img[i, j]) == value
+    assert counts == {1, 2, 3} and signs == {-1.0, 1.0}
+    np.testing.assert_array_equal(render("ktc", params[0], 64), images[0])

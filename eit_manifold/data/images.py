@@ -1,4 +1,5 @@
-"""Image families on the square ``[-1, 1]^2`` (the tank is the unit disk), values in ``[0, 1]``.
+"""Image families on the square ``[-1, 1]^2`` (the tank is the unit disk), values in ``[0, 1]``
+(``ktc``: in ``[-1, 1]``).
 
 ``bars`` (d = 1)
     A centred rectangle of length :data:`BAR_LENGTH` and width :data:`BAR_WIDTH`, rotated by an
@@ -11,6 +12,16 @@
     ``sigma = 0.2 + 1.6 x``: background 1.0, disks 1.64 and 0.36). Radii are uniform in
     ``[0.15, 0.35]``, centres uniform in the disk of radius ``0.9 - r``, disks at least 0.05
     apart (rejection). Parameters: ``{"centres": (2, 2), "radii": (2,)}``.
+``ktc`` (d = :data:`KTC_LATENT_DIM`, chosen from held-out projection errors; the family itself has
+    no fixed dimension)
+    KTC2023-like targets on the background ``0``: 1 to 3 disjoint targets, each a disk or a convex
+    polygon (3 to 7 vertices on a rotated ellipse of axis ratio in ``[0.7, 1]``), each resistive
+    (value ``-1``) or conductive (``+1``) with probability 1/2. Sizes (radius of the enclosing
+    circle) uniform in :data:`KTC_RADII`, every target inside the disk of radius
+    ``1 - KTC_MARGIN``, targets at least :data:`KTC_GAP` apart (rejection on enclosing circles).
+    Ranges were set once from ``true1..4.mat`` (equivalent radii 0.19-0.30 R, outermost target
+    pixel at 0.59-0.73 R), with room on both sides. Parameters:
+    ``{"centres": (n, 2), "radii": (n,), "values": (n,), "vertices": list of (m, 2) or None}``.
 
 Edges are anti-aliased (linear ramp one pixel wide), so each family is a continuous manifold.
 Image ``i`` of a split is drawn from its own item seed: the train split uses item seeds
@@ -35,10 +46,15 @@ BALL_VALUES = (0.9, 0.1)
 BALL_RADII = (0.15, 0.35)
 BALL_MARGIN = 0.1
 BALL_GAP = 0.05
+KTC_RADII = (0.15, 0.38)  # enclosing-circle radius, in units of the tank radius
+KTC_MARGIN = 0.08  # targets stay inside the disk of radius 1 - KTC_MARGIN
+KTC_GAP = 0.06
+KTC_MAX_TARGETS = 3
+KTC_LATENT_DIM = 32
 TEST_OFFSET = 2**40
 PER_SEED = 10**6
-IMAGE_DATASETS = ("bars", "balls")
-IMAGE_LATENT_DIMS = {"bars": 1, "balls": 6}
+IMAGE_DATASETS = ("bars", "balls", "ktc")
+IMAGE_LATENT_DIMS = {"bars": 1, "balls": 6, "ktc": KTC_LATENT_DIM}
 
 
 def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +92,62 @@ def render_balls(centres: np.ndarray, radii: np.ndarray, size: int = 64) -> np.n
     return img.astype(np.float32)
 
 
+def _polygon_distance(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Signed distance to the boundary of a convex polygon (counter-clockwise vertices), positive inside.
+
+    Exact inside; outside it is the largest edge-line distance, which is exact within a pixel of
+    the edges and only matters there (the ramp is one pixel wide).
+    """
+    d = np.full(x.shape, np.inf)
+    for a, b in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
+        edge = b - a
+        normal = np.array([-edge[1], edge[0]]) / np.linalg.norm(edge)  # inward for CCW order
+        d = np.minimum(d, (x - a[0]) * normal[0] + (y - a[1]) * normal[1])
+    return d
+
+
+def render_ktc(params: dict, size: int = 64) -> np.ndarray:
+    """KTC-like image (background 0, targets -1 or +1), float32 ``(size, size)``."""
+    x, y = pixel_grid(size)
+    img = np.zeros((size, size))
+    for (cx, cy), r, value, vertices in zip(params["centres"], params["radii"], params["values"],
+                                            params["vertices"], strict=True):
+        if vertices is None:
+            distance = r - np.hypot(x - cx, y - cy)
+        else:
+            distance = _polygon_distance(x, y, np.asarray(vertices))
+        img = img + value * _ramp(distance, size)  # targets are disjoint: no overlap to resolve
+    return img.astype(np.float32)
+
+
+def _ktc_params(rng: np.random.Generator) -> dict:
+    n = int(rng.integers(1, KTC_MAX_TARGETS + 1))
+    while True:
+        radii = rng.uniform(*KTC_RADII, n)
+        rho = (1.0 - KTC_MARGIN - radii) * np.sqrt(rng.uniform(0, 1, n))
+        phi = rng.uniform(0, 2 * np.pi, n)
+        centres = np.stack([rho * np.cos(phi), rho * np.sin(phi)], axis=1)
+        gaps = [np.linalg.norm(centres[i] - centres[j]) - radii[i] - radii[j]
+                for i in range(n) for j in range(i + 1, n)]
+        if min(gaps, default=np.inf) >= KTC_GAP:
+            break
+    values = rng.choice([-1.0, 1.0], n)
+    vertices: list[np.ndarray | None] = []
+    for c, r in zip(centres, radii, strict=True):
+        if rng.uniform() < 0.5:
+            vertices.append(None)
+            continue
+        # Vertices on an ellipse inscribed in the enclosing circle: convex, counter-clockwise.
+        m = int(rng.integers(3, 8))
+        t = np.sort(rng.uniform(0, 2 * np.pi, m))
+        while np.max(np.diff(np.append(t, t[0] + 2 * np.pi))) > 0.9 * np.pi:  # avoid slivers
+            t = np.sort(rng.uniform(0, 2 * np.pi, m))
+        ratio, rot = rng.uniform(0.7, 1.0), rng.uniform(0, np.pi)
+        px, py = r * np.cos(t), r * ratio * np.sin(t)
+        vertices.append(c + np.stack([px * np.cos(rot) - py * np.sin(rot), px * np.sin(rot) + py * np.cos(rot)], 1))
+    return {"centres": centres, "radii": radii, "values": values, "vertices": vertices}
+
+
 def _bar_params(rng: np.random.Generator) -> dict:
     return {"angle": float(rng.uniform(0.0, np.pi))}
 
@@ -93,6 +165,7 @@ def _ball_params(rng: np.random.Generator) -> dict:
 _PARAMS: dict[str, Callable[[np.random.Generator], dict]] = {
     "bars": _bar_params,
     "balls": _ball_params,
+    "ktc": _ktc_params,
 }
 
 
@@ -102,6 +175,8 @@ def render(name: str, params: dict, size: int = 64) -> np.ndarray:
         return render_bar(params["angle"], size)
     if name == "balls":
         return render_balls(np.asarray(params["centres"]), np.asarray(params["radii"]), size)
+    if name == "ktc":
+        return render_ktc(params, size)
     raise ValueError(f"unknown image family {name!r}; choose from {list(IMAGE_DATASETS)}")
 
 

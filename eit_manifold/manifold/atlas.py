@@ -124,9 +124,31 @@ class Atlas(nn.Module):
             Projections, shape of ``x``.
         """
         x = self.charts[0].check_data(x)
-        candidates = torch.stack([chart.project(x) for chart in self.charts], dim=1)
+        candidates = self.project_on_every_chart(x)[0].reshape(self.n_charts, *x.shape).transpose(0, 1)
         dist = (candidates - x[:, None]).flatten(2).norm(dim=2)
         return candidates[torch.arange(len(x)), dist.argmin(dim=1)]
+
+    def project_on_every_chart(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``G_k(E_k(x))`` for every chart ``k``, chart-major, with the chart index of each point.
+
+        Used for warm starts of a descent: where charts overlap they disagree, and which chart
+        serves an objective best is not known before the descent.
+
+        Parameters
+        ----------
+        x : Tensor
+            Batch of data items, ``(B, *data_shape)``.
+
+        Returns
+        -------
+        points : Tensor
+            ``(K * B, *data_shape)``; rows ``k * B .. (k + 1) * B - 1`` come from chart ``k``.
+        charts : Tensor
+            ``(K * B,)`` chart index of each row.
+        """
+        x = self.charts[0].check_data(x)
+        points = torch.cat([chart.project(x) for chart in self.charts])
+        return points, torch.arange(self.n_charts).repeat_interleave(len(x))
 
     def sample_latent(self, k: int, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples of chart ``k``'s prior, ``(n, d)``."""

@@ -15,6 +15,8 @@ Regularisation rules (one setting for every case and level, never tuned per case
 * ``tv``: the same noise model; TV weight ``lam = 1 / (s l)`` with the smoothness prior's ``s`` and
   ``l`` (a unit jump of one prior std over the prior's length costs about as much as in the
   Gaussian prior), smoothing ``beta = 0.01 s / h`` for pixel size ``h``.
+* ``atlas``: Riemannian descent on the bundled ``ktc`` atlas, same noise model, contrast
+  ``sigma = sigma0 exp(ln(10) x)`` (:mod:`eit_manifold.ktc.atlas_method`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from eit_manifold.baselines.eit_linear import (
     tv_solve,
 )
 from eit_manifold.io import save_npy_atomic, write_json
-from eit_manifold.ktc.calibration import Calibration, calibrate, forward_model, ktc_mesh, ktc_tank
+from eit_manifold.ktc.calibration import Calibration, calibrate, ktc_mesh, ktc_tank
 from eit_manifold.ktc.data import IMAGE_SHAPE, RADIUS, KTCMeasurement, read_ktc, read_truth, restrict_like
 from eit_manifold.ktc.score import class_scores
 from eit_manifold.ktc.segmentation import segment
@@ -118,8 +120,48 @@ def tv_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
     return ctx.basis.to_image(x)
 
 
+def segmented_image(image: np.ndarray, size: int) -> np.ndarray:
+    """The fixed segmentation of a change image as values -1 (resistive), 0, +1 (conductive) on a
+    ``size x size`` grid (block means of the 256 x 256 segmentation; ``size`` must divide 256)."""
+    if IMAGE_SHAPE[0] % size:
+        raise ValueError(f"size must divide {IMAGE_SHAPE[0]}, got {size}")
+    _, _, inside = truth_grid()
+    labels = segment(resample(image), inside)
+    values = np.select([labels == 1, labels == 2], [-1.0, 1.0], 0.0)
+    b = IMAGE_SHAPE[0] // size
+    return values.reshape(size, b, size, b).mean(axis=(1, 3))
+
+
+def atlas_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
+    """Riemannian descent on the ``ktc`` atlas (rule in :mod:`eit_manifold.ktc.atlas_method`).
+
+    Warm starts: the segmentations of the ``linear`` and ``tv`` reconstructions. Returns
+    ``sigma0 x`` for the best atlas image ``x``: a symmetric contrast (targets at about
+    ``+-sigma0``), so the magnitude-based segmentation treats resistive and conductive targets
+    alike (``sigma(x) - sigma0`` would be 10 times larger for conductive than resistive ones).
+    """
+    from eit_manifold.ktc.atlas_method import AtlasMethodConfig, atlas_reconstruction
+    from eit_manifold.manifold import load_atlas
+    from eit_manifold.operators.eit import EITOperator
+
+    config = ctx.cache.setdefault("atlas_config", AtlasMethodConfig())
+    if "atlas" not in ctx.cache:
+        atlas = load_atlas(config.atlas)
+        if atlas.image_shape is None:
+            raise ValueError(f"atlas {config.atlas!r} does not make images")
+        ctx.cache["atlas"] = atlas
+        ctx.cache["atlas_operator"] = EITOperator.from_model(ctx.model, tuple(atlas.image_shape))
+    atlas, operator = ctx.cache["atlas"], ctx.cache["atlas_operator"]
+    size = atlas.image_shape[0]
+    warm = np.stack([segmented_image(method(ctx, change), size) for method in (linear_method, tv_method)])
+    x, details = atlas_reconstruction(operator, atlas, ctx.sigma0, change, ctx.std, warm, config)
+    ctx.cache["details"] = details
+    return ctx.sigma0 * x
+
+
 register_method("linear", linear_method)
 register_method("tv", tv_method)
+register_method("atlas", atlas_method)
 
 
 def truth_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,9 +202,8 @@ class KTCConfig:
 
 def build_context(reference: KTCMeasurement, grid: int, per_electrode: bool = True) -> ReconstructionContext:
     """Calibrate on ``reference`` and linearise at the calibrated background."""
-    mesh = ktc_mesh(ktc_tank())
-    cal = calibrate(reference, mesh, per_electrode=per_electrode)
-    model = forward_model(mesh, reference, cal.contact_impedance)
+    cal = calibrate(reference, ktc_mesh(ktc_tank()), per_electrode=per_electrode)
+    model = cal.forward_model(reference)  # calibrated geometry, impedances and current convention
     result = model.solve(np.full(model.n_cells, cal.sigma))
     basis = pixel_basis(model, grid)
     jac = jacobian_in_basis(model, result, basis.matrix)
@@ -214,6 +255,9 @@ def run_ktc(config: KTCConfig) -> dict:
         save_npy_atomic(out / f"{path.stem}.npy", seg)
         case = {"case": path.stem, "level": config.level, "patterns": int(data.shape[0]),
                 "measurements": int(data.shape[1]), "seconds": round(time.perf_counter() - t0, 2)}
+        details = ctx.cache.pop("details", None)  # a method's own figures (e.g. the atlas descent's)
+        if details is not None:
+            case["details"] = details
         truth = None
         truth_path = Path(config.truth_dir) / f"true{path.stem.removeprefix('data')}.mat" if config.truth_dir else None
         if truth_path is not None and truth_path.is_file():

@@ -188,12 +188,9 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", config.sigma_min, config.sigma_max, 3)
         x_gn = torch.as_tensor((sigma_gn - config.sigma_min) / (config.sigma_max - config.sigma_min),
                                dtype=x0.dtype)[None]
-        # One warm start per chart: where charts overlap they disagree, and the chart that explains
-        # the data best is not known before the descent.
         with torch.no_grad():
-            x_warm = torch.cat([chart.project(x_gn) for chart in atlas.charts])
-        x0 = torch.cat([x_warm, x0])
-        charts = torch.cat([torch.arange(atlas.n_charts), charts])
+            x_warm, k_warm = atlas.project_on_every_chart(x_gn)
+        x0, charts = torch.cat([x_warm, x0]), torch.cat([k_warm, charts])
     result = descent.run(x0=x0, chart0=charts, progress=config.progress)
     x = result.x.detach().to(torch.float64)
     sigma = conductivity_from_image(x, config.sigma_min, config.sigma_max).numpy()

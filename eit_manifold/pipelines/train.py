@@ -67,6 +67,7 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "swiss-roll": {"charts": 4, "n_train": 4000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "bars": _IMAGE_DEFAULTS,
     "balls": _IMAGE_DEFAULTS,
+    "ktc": _IMAGE_DEFAULTS,
 }
 
 

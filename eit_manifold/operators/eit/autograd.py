@@ -72,6 +72,9 @@ class EITOperator(torch.nn.Module):
     batch_comm : MPI.Comm, optional
         Split batch items across these processes instead; then the mesh lives on ``COMM_SELF``
         on each of them (``comm`` must be ``COMM_SELF``).
+    model : CEMForwardModel, optional
+        Use this model (and its mesh) instead of building one; ``mesh``, ``mesh_size``,
+        ``injection`` and ``measurement`` are then ignored. See :meth:`from_model`.
 
     Examples
     --------
@@ -89,22 +92,35 @@ class EITOperator(torch.nn.Module):
         measurement: str | np.ndarray = "adjacent",
         comm: MPI.Comm = MPI.COMM_WORLD,
         batch_comm: MPI.Comm | None = None,
+        model: CEMForwardModel | None = None,
     ):
         super().__init__()
         if batch_comm is not None and batch_comm.size > 1 and comm.size > 1:
             raise ValueError("batch splitting needs the mesh on COMM_SELF: pass comm=MPI.COMM_SELF with batch_comm")
         self.batch_comm = batch_comm if batch_comm is not None else MPI.COMM_SELF
-        if isinstance(mesh, TankMesh):
+        if model is not None:
+            self.tank_mesh = model.tank_mesh
+        elif isinstance(mesh, TankMesh):
             self.tank_mesh = mesh
         else:
             self.tank_mesh = tank_mesh(tank, "coarse" if mesh is None and mesh_size is None else mesh, mesh_size, comm)
         self.tank = tank
-        self.model = CEMForwardModel(self.tank_mesh, injection, measurement)
+        self.model = model if model is not None else CEMForwardModel(self.tank_mesh, injection, measurement)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
         if self.image_shape is not None:
             P = self.model.pixel_map(self.image_shape).tocsr()
             self._P = _sparse_tensor(P)
             self._PT = _sparse_tensor(P.T.tocsr())
+
+    @classmethod
+    def from_model(
+        cls, model: CEMForwardModel, image_shape: tuple[int, int] | None = (64, 64), batch_comm: MPI.Comm | None = None
+    ) -> EITOperator:
+        """Wrap an existing forward model (its mesh, impedances, patterns; e.g. a calibrated one).
+
+        The model is shared, not copied: its factorisation caches and settings are reused.
+        """
+        return cls(model.tank, image_shape=image_shape, batch_comm=batch_comm, model=model)
 
     @property
     def n_cells(self) -> int:

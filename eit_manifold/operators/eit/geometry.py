@@ -38,11 +38,14 @@ class Tank:
         Angle (radians, from the positive x axis) of the centre of electrode 1.
     orientation : {1, -1}
         Numbering direction: 1 counter-clockwise, -1 clockwise.
+    angle_offsets : float or array of shape (L,)
+        Per-electrode shift (radians, counter-clockwise positive) of each centre from its nominal,
+        equally spaced position; 0 (the default) for an ideal tank. Calibrated tanks use it.
 
     Notes
     -----
-    Electrode centres are equally spaced: ``theta_l = first_angle + orientation * 2 pi l / L``
-    for ``l = 0..L-1``. Electrodes may not touch or overlap.
+    Electrode centres are ``theta_l = first_angle + orientation * 2 pi l / L + angle_offsets_l``
+    for ``l = 0..L-1`` (equally spaced without offsets). Electrodes may not touch or overlap.
     """
 
     radius: float = 1.0
@@ -51,8 +54,10 @@ class Tank:
     contact_impedance: float | tuple[float, ...] = 0.01
     first_angle: float = 0.0
     orientation: int = 1
+    angle_offsets: float | tuple[float, ...] = 0.0
     _widths: np.ndarray = field(init=False, repr=False, compare=False)
     _impedances: np.ndarray = field(init=False, repr=False, compare=False)
+    _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.radius, int | float) and math.isfinite(self.radius) and self.radius > 0):
@@ -69,20 +74,22 @@ class Tank:
         z = _per_electrode("contact_impedance", self.contact_impedance, self.n_electrodes)
         if np.any(z <= 0):
             raise ValueError(f"contact_impedance must be > 0, got {z.tolist()}")
+        offsets = _per_electrode("angle_offsets", self.angle_offsets, self.n_electrodes)
         half = widths / (2 * self.radius)  # half-angles
         spacing = 2 * math.pi / self.n_electrodes
-        gaps = spacing - half - np.roll(half, -1)
+        gaps = spacing + self.orientation * (np.roll(offsets, -1) - offsets) - half - np.roll(half, -1)
         if np.any(gaps <= 0):
             l = int(np.argmin(gaps))
             raise ValueError(
                 f"electrodes {l + 1} and {(l + 1) % self.n_electrodes + 1} overlap: electrode_width "
                 f"{widths[l]:g} is too wide for {self.n_electrodes} electrodes on radius {self.radius:g} "
-                f"(widths must stay below 2*pi*R/L = {spacing * self.radius:g})"
+                f"(widths must stay below 2*pi*R/L = {spacing * self.radius:g}, less any angle_offsets)"
             )
-        widths.setflags(write=False)
-        z.setflags(write=False)
+        for arr in (widths, z, offsets):
+            arr.setflags(write=False)
         object.__setattr__(self, "_widths", widths)
         object.__setattr__(self, "_impedances", z)
+        object.__setattr__(self, "_offsets", offsets)
 
     @property
     def widths(self) -> np.ndarray:
@@ -95,10 +102,15 @@ class Tank:
         return self._impedances
 
     @property
+    def offsets(self) -> np.ndarray:
+        """Angle offsets of the electrode centres from equal spacing (radians), shape (L,)."""
+        return self._offsets
+
+    @property
     def electrode_angles(self) -> np.ndarray:
         """Centre angles of the electrodes in radians, shape (L,), in electrode order."""
         l = np.arange(self.n_electrodes)
-        return self.first_angle + self.orientation * 2 * np.pi * l / self.n_electrodes
+        return self.first_angle + self.orientation * 2 * np.pi * l / self.n_electrodes + self._offsets
 
     @property
     def electrode_intervals(self) -> np.ndarray:
@@ -116,6 +128,7 @@ class Tank:
             contact_impedance=_tuple(contact_impedance),
             first_angle=self.first_angle,
             orientation=self.orientation,
+            angle_offsets=_tuple(self.angle_offsets),
         )
 
     def to_dict(self) -> dict:
@@ -127,6 +140,7 @@ class Tank:
             "contact_impedance": self.impedances.tolist(),
             "first_angle": float(self.first_angle),
             "orientation": int(self.orientation),
+            "angle_offsets": self.offsets.tolist(),
         }
 
     @classmethod
@@ -139,6 +153,7 @@ class Tank:
             contact_impedance=_tuple(d["contact_impedance"]),
             first_angle=float(d.get("first_angle", 0.0)),
             orientation=int(d.get("orientation", 1)),
+            angle_offsets=_tuple(d.get("angle_offsets", 0.0)),
         )
 
 
