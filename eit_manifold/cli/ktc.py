@@ -13,8 +13,8 @@ from eit_manifold.cli._app import app
 def ktc_command(
     data_dir: Path = typer.Argument(..., help="Directory with ref.mat and data*.mat (KTC2023 format)."),
     method: str = typer.Option(
-        "tv", help="Reconstruction method: linear (organisers' baseline), tv, or atlas (Riemannian descent on the "
-        "bundled ktc atlas)."),
+        "tv", help="Reconstruction method: linear (organisers' baseline), tv, absolute (Gauss-Newton on the case's "
+        "own data), or atlas (Riemannian descent on the bundled ktc atlas)."),
     out: Path = typer.Option(Path("results/ktc"), help="Output directory: dataK.npy, dataK.png, scores."),
     truth: Path = typer.Option(None, help="Directory with trueK.mat ground truths (writes a score table)."),
     level: int = typer.Option(1, help="Challenge level 1..7: level N removes electrodes 1..2(N-1)."),
