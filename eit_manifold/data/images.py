@@ -122,15 +122,7 @@ def render_ktc(params: dict, size: int = 64) -> np.ndarray:
 
 def _ktc_params(rng: np.random.Generator) -> dict:
     n = int(rng.integers(1, KTC_MAX_TARGETS + 1))
-    while True:
-        radii = rng.uniform(*KTC_RADII, n)
-        rho = (1.0 - KTC_MARGIN - radii) * np.sqrt(rng.uniform(0, 1, n))
-        phi = rng.uniform(0, 2 * np.pi, n)
-        centres = np.stack([rho * np.cos(phi), rho * np.sin(phi)], axis=1)
-        gaps = [np.linalg.norm(centres[i] - centres[j]) - radii[i] - radii[j]
-                for i in range(n) for j in range(i + 1, n)]
-        if min(gaps, default=np.inf) >= KTC_GAP:
-            break
+    centres, radii = _disjoint_disks(rng, n, KTC_RADII, KTC_MARGIN, KTC_GAP)
     values = rng.choice([-1.0, 1.0], n)
     vertices: list[np.ndarray | None] = []
     for c, r in zip(centres, radii, strict=True):
@@ -152,14 +144,23 @@ def _bar_params(rng: np.random.Generator) -> dict:
     return {"angle": float(rng.uniform(0.0, np.pi))}
 
 
-def _ball_params(rng: np.random.Generator) -> dict:
+def _disjoint_disks(rng: np.random.Generator, n: int, radii_range: tuple[float, float], margin: float,
+                    gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` disks (centres ``(n, 2)``, radii ``(n,)``) inside the disk of radius ``1 - margin``, pairwise
+    at least ``gap`` apart: radii uniform in ``radii_range``, centres uniform in the allowed disk (rejection)."""
     while True:
-        radii = rng.uniform(*BALL_RADII, 2)
-        rho = (1.0 - BALL_MARGIN - radii) * np.sqrt(rng.uniform(0, 1, 2))
-        phi = rng.uniform(0, 2 * np.pi, 2)
+        radii = rng.uniform(*radii_range, n)
+        rho = (1.0 - margin - radii) * np.sqrt(rng.uniform(0, 1, n))
+        phi = rng.uniform(0, 2 * np.pi, n)
         centres = np.stack([rho * np.cos(phi), rho * np.sin(phi)], axis=1)
-        if np.linalg.norm(centres[0] - centres[1]) >= radii.sum() + BALL_GAP:
-            return {"centres": centres, "radii": radii}
+        if all(np.linalg.norm(centres[i] - centres[j]) >= radii[i] + radii[j] + gap
+               for i in range(n) for j in range(i + 1, n)):
+            return centres, radii
+
+
+def _ball_params(rng: np.random.Generator) -> dict:
+    centres, radii = _disjoint_disks(rng, 2, BALL_RADII, BALL_MARGIN, BALL_GAP)
+    return {"centres": centres, "radii": radii}
 
 
 _PARAMS: dict[str, Callable[[np.random.Generator], dict]] = {
