@@ -108,21 +108,30 @@ def _prior(ctx: ReconstructionContext) -> np.ndarray:
     return ctx.cache["prior"]
 
 
-def linear_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
-    """Linearised difference reconstruction with the smoothness prior (organisers' baseline)."""
-    return ctx.basis.to_image(tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx)))
+def _linear_solution(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
+    """Pixel coefficients of the ``linear`` method."""
+    return tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx))
 
 
-def tv_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
-    """Linearised difference reconstruction with total variation (rule in the module docstring)."""
+def _tv_solution(ctx: ReconstructionContext, change: np.ndarray, x0: np.ndarray) -> np.ndarray:
+    """Pixel coefficients of the ``tv`` method, lagged diffusivity from ``x0`` (the ``linear`` solution)."""
     if "gradient" not in ctx.cache:
         ctx.cache["gradient"] = grid_gradient(ctx.basis)
     s = PRIOR_STD * ctx.sigma0
     h = ctx.basis.pixel_size
-    x0 = tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx))
     x, _ = tv_solve(ctx.jacobian, change, ctx.std, ctx.cache["gradient"], lam=1.0 / (s * PRIOR_LENGTH),
                     cell_area=h * h, beta=0.01 * s / h, x0=x0)
-    return ctx.basis.to_image(x)
+    return x
+
+
+def linear_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
+    """Linearised difference reconstruction with the smoothness prior (organisers' baseline)."""
+    return ctx.basis.to_image(_linear_solution(ctx, change))
+
+
+def tv_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
+    """Linearised difference reconstruction with total variation (rule in the module docstring)."""
+    return ctx.basis.to_image(_tv_solution(ctx, change, _linear_solution(ctx, change)))
 
 
 def absolute_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
@@ -193,7 +202,9 @@ def atlas_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
         ctx.cache["atlas_operator"] = EITOperator.from_model(ctx.model, tuple(atlas.image_shape))
     atlas, operator = ctx.cache["atlas"], ctx.cache["atlas_operator"]
     size = atlas.image_shape[0]
-    warm = np.stack([segmented_image(method(ctx, change), size) for method in (linear_method, tv_method)])
+    x_linear = _linear_solution(ctx, change)  # also the start of the TV solve: computed once
+    warm = np.stack([segmented_image(ctx.basis.to_image(x), size)
+                     for x in (x_linear, _tv_solution(ctx, change, x_linear))])
     x, details = atlas_reconstruction(operator, atlas, ctx.sigma0, change, ctx.std, warm, config)
     ctx.cache["details"] = details
     return ctx.sigma0 * x
