@@ -46,3 +46,46 @@ def test_ktc_score_identical_and_errors(tmp_path):
     assert bad.exit_code != 0 and "1..7" in str(bad.exception)
     bad = runner.invoke(app, ["ktc", str(ktc_dir()), "--method", "magic", "--out", str(tmp_path / "o")])
     assert bad.exit_code != 0 and "magic" in str(bad.exception)
+
+
+def test_ktc_learned_one_case_with_the_bundled_network(tmp_path):
+    src = ktc_dir()
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("ref.mat", "data3.mat", "true3.mat"):
+        shutil.copy(src / name, data / name)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ktc", str(data), "--method", "learned", "--out", str(out), "--truth", str(data),
+                                 "--shared-impedance"])
+    assert result.exit_code == 0, result.output
+    seg = np.load(out / "data3.npy")
+    assert seg.dtype == np.uint8 and seg.shape == (256, 256) and set(np.unique(seg).tolist()) <= {0, 1, 2}
+    assert (out / "data3.png").is_file()
+    # data3 holds one conductive target: the network finds it and nothing resistive of size
+    assert (seg == 2).sum() > 2000 and (seg == 1).sum() < 200
+    assert json.loads((out / "scores.json").read_text())["cases"][0]["score"] > 0.7
+
+
+def test_ktc_train_small_run_and_resume(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(ktc_dir() / "ref.mat", data / "ref.mat")  # no target data needed
+    out = tmp_path / "net"
+    args = ["ktc-train", str(data), "--out", str(out), "--n-train", "8", "--n-val", "4", "--epochs", "2",
+            "--width", "4", "--grid", "24", "--seed", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "validation score" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["level"] == 1 and config["grid"] == 24 and len(config["loss"]) == 2
+    assert (out / "validation.png").is_file() and (out / "simulation.npz").is_file()
+    # Running it again reuses the simulations and the finished checkpoint: the same network.
+    stamp = (out / "simulation.npz").stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (out / "simulation.npz").stat().st_mtime_ns == stamp
+    assert json.loads((out / "config.json").read_text())["sha256"] == config["sha256"]
+    from eit_manifold.ktc.segmenter import load_segmenter
+
+    net, meta = load_segmenter(out)
+    assert meta["n_train"] == 8 and net.width == 4

@@ -73,6 +73,19 @@ def test_recovers_sign_and_place_of_a_blob(method):
     assert np.corrcoef(x, truth)[0, 1] > 0.5
 
 
+def test_tikhonov_solve_of_several_data_is_column_by_column():
+    model, basis, res, jac = _setup()
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((jac.shape[0], 3))
+    std = noise_std(res.measurements, 0.01, 0.001)
+    L = smoothness_prior_factor(basis.centres, 1.0, 0.1)
+    together = tikhonov_solve(jac, data, std, L)
+    for k in range(3):
+        assert np.allclose(together[:, k], tikhonov_solve(jac, data[:, k], std, L), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="data must have shape"):
+        tikhonov_solve(jac, data[:-1], std, L)
+
+
 def test_noise_std_rule():
     u = np.array([1.0, -2.0, 0.0])
     assert np.allclose(noise_std(u, 0.1, 0.01), np.sqrt((0.1 * np.abs(u)) ** 2 + 0.02**2))

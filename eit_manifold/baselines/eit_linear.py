@@ -140,10 +140,16 @@ def smoothness_prior_factor(points: np.ndarray, corr_length: float, std: float, 
 
 
 def tikhonov_solve(jac: np.ndarray, r: np.ndarray, std: np.ndarray, prior_factor: np.ndarray) -> np.ndarray:
-    """MAP estimate ``(J^T W J + L^T L)^{-1} J^T W r``, ``W = diag(std^-2)``."""
+    """MAP estimate ``(J^T W J + L^T L)^{-1} J^T W r``, ``W = diag(std^-2)``.
+
+    ``r`` is one data vector (N,) or several as columns (N, k); the result has the same layout.
+    """
+    r = np.asarray(r, dtype=float)
+    if r.shape[0] != jac.shape[0] or r.ndim > 2:
+        raise ValueError(f"data must have shape ({jac.shape[0]},) or ({jac.shape[0]}, k), got {r.shape}")
     jw = jac / std[:, None]
     lhs = jw.T @ jw + prior_factor.T @ prior_factor
-    return scipy.linalg.solve(lhs, jw.T @ (r / std), assume_a="pos")
+    return scipy.linalg.solve(lhs, jw.T @ (r / (std if r.ndim == 1 else std[:, None])), assume_a="pos")
 
 
 def grid_gradient(basis: PixelBasis) -> sp.csr_matrix:

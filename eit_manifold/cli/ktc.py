@@ -14,13 +14,16 @@ def ktc_command(
     data_dir: Path = typer.Argument(..., help="Directory with ref.mat and data*.mat (KTC2023 format)."),
     method: str = typer.Option(
         "tv", help="Reconstruction method: linear (organisers' baseline), tv, absolute (Gauss-Newton on the case's "
-        "own data), or atlas (Riemannian descent on the bundled ktc atlas)."),
+        "own data), atlas (Riemannian descent on the bundled ktc atlas), or learned (the linear reconstruction "
+        "segmented by a U-Net trained on simulations, see ktc-train)."),
     out: Path = typer.Option(Path("results/ktc"), help="Output directory: dataK.npy, dataK.png, scores."),
     truth: Path = typer.Option(None, help="Directory with trueK.mat ground truths (writes a score table)."),
     level: int = typer.Option(1, help="Challenge level 1..7: level N removes electrodes 1..2(N-1)."),
     seed: int = typer.Option(0, help="Random seed (for stochastic methods)."),
     grid: int = typer.Option(48, help="Pixels per side of the reconstruction grid."),
     shared_impedance: bool = typer.Option(False, help="Calibrate one contact impedance for all electrodes."),
+    segmenter: Path = typer.Option(None, help="Network for --method learned (a ktc-train output directory; "
+                                   "default: the bundled level-1 network)."),
 ) -> None:
     """Reconstruct every data*.mat in DATA_DIR and segment it into water / resistive / conductive."""
     from eit_manifold.ktc.data import check_level
@@ -28,7 +31,8 @@ def ktc_command(
 
     check_level(level)
     cfg = KTCConfig(data_dir=str(data_dir), out=str(out), method=method, truth_dir=str(truth) if truth else None,
-                    level=level, seed=seed, grid=grid, per_electrode=not shared_impedance)
+                    level=level, seed=seed, grid=grid, per_electrode=not shared_impedance,
+                    segmenter=str(segmenter) if segmenter else None)
     summary = run_ktc(cfg)
     cal = summary["calibration"][0]
     typer.echo(f"calibration: sigma {cal['sigma']:.4g}, residual {100 * cal['residual']:.2f}%")
@@ -52,3 +56,31 @@ def ktc_score_command(
         raise FileNotFoundError(f"reconstruction file not found: {reconstruction}")
     scores = class_scores(read_truth(truth), np.load(reconstruction, allow_pickle=False))
     typer.echo(f"score {0.5 * (scores[1] + scores[2]):.4f} (resistive {scores[1]:.4f}, conductive {scores[2]:.4f})")
+
+
+@app.command("ktc-train")
+def ktc_train_command(
+    data_dir: Path = typer.Argument(..., help="Directory with ref.mat (the tank to simulate; no target data "
+                                    "are read)."),
+    out: Path = typer.Option(Path("results/ktc-segmenter"), help="Output directory: network, simulations, "
+                             "checkpoint, validation.png."),
+    level: int = typer.Option(1, help="Challenge level 1..7 the network is for."),
+    grid: int = typer.Option(48, help="Pixels per side of the linear reconstruction grid."),
+    n_train: int = typer.Option(3000, help="Simulated training phantoms."),
+    n_val: int = typer.Option(300, help="Simulated validation phantoms."),
+    epochs: int = typer.Option(30, help="Training epochs."),
+    width: int = typer.Option(16, help="Channels of the U-Net's first level."),
+    seed: int = typer.Option(0, help="Random seed (phantoms, noise, initialisation, batch order)."),
+) -> None:
+    """Train the network of --method learned on simulated phantoms; resumes an interrupted run in OUT."""
+    from eit_manifold.ktc.data import check_level
+    from eit_manifold.pipelines.ktc_segmenter import SegmenterRunConfig, train_ktc_segmenter
+
+    check_level(level)
+    summary = train_ktc_segmenter(SegmenterRunConfig(
+        data_dir=str(data_dir), out=str(out), level=level, grid=grid, n_train=n_train, n_val=n_val, epochs=epochs,
+        width=width, seed=seed))
+    v = summary["validation"]
+    typer.echo(f"validation score (simulated, {n_val} phantoms): learned {v['learned']['mean']:.3f}, "
+               f"linear + Otsu {v['linear']['mean']:.3f}")
+    typer.echo(f"wrote the network to {out}")

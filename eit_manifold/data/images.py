@@ -122,7 +122,7 @@ def render_ktc(params: dict, size: int = 64) -> np.ndarray:
 
 def _ktc_params(rng: np.random.Generator) -> dict:
     n = int(rng.integers(1, KTC_MAX_TARGETS + 1))
-    centres, radii = _disjoint_disks(rng, n, KTC_RADII, KTC_MARGIN, KTC_GAP)
+    centres, radii = disjoint_disks(rng, n, KTC_RADII, KTC_MARGIN, KTC_GAP)
     values = rng.choice([-1.0, 1.0], n)
     vertices: list[np.ndarray | None] = []
     for c, r in zip(centres, radii, strict=True):
@@ -144,7 +144,7 @@ def _bar_params(rng: np.random.Generator) -> dict:
     return {"angle": float(rng.uniform(0.0, np.pi))}
 
 
-def _disjoint_disks(rng: np.random.Generator, n: int, radii_range: tuple[float, float], margin: float,
+def disjoint_disks(rng: np.random.Generator, n: int, radii_range: tuple[float, float], margin: float,
                     gap: float) -> tuple[np.ndarray, np.ndarray]:
     """``n`` disks (centres ``(n, 2)``, radii ``(n,)``) inside the disk of radius ``1 - margin``, pairwise
     at least ``gap`` apart: radii uniform in ``radii_range``, centres uniform in the allowed disk (rejection)."""
@@ -159,7 +159,7 @@ def _disjoint_disks(rng: np.random.Generator, n: int, radii_range: tuple[float, 
 
 
 def _ball_params(rng: np.random.Generator) -> dict:
-    centres, radii = _disjoint_disks(rng, 2, BALL_RADII, BALL_MARGIN, BALL_GAP)
+    centres, radii = disjoint_disks(rng, 2, BALL_RADII, BALL_MARGIN, BALL_GAP)
     return {"centres": centres, "radii": radii}
 
 

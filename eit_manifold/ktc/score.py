@@ -55,7 +55,8 @@ def mask_ssim(truth: np.ndarray, reco: np.ndarray) -> float:
     return float(np.mean(num / den))
 
 
-def _check_segmentation(name: str, image: np.ndarray) -> np.ndarray:
+def check_segmentation(name: str, image: np.ndarray) -> np.ndarray:
+    """``image`` as a 256 x 256 segmentation (classes 0/1/2 only), else ``ValueError`` naming ``name``."""
     arr = np.asarray(image)
     if arr.shape != IMAGE_SHAPE:
         raise ValueError(f"{name} must have shape {IMAGE_SHAPE}, got {arr.shape}")
@@ -69,8 +70,8 @@ def _check_segmentation(name: str, image: np.ndarray) -> np.ndarray:
 
 def class_scores(truth: np.ndarray, reco: np.ndarray) -> dict[int, float]:
     """SSIM of the masks of class 1 (resistive) and class 2 (conductive)."""
-    t = _check_segmentation("truth", truth)
-    r = _check_segmentation("reconstruction", reco)
+    t = check_segmentation("truth", truth)
+    r = check_segmentation("reconstruction", reco)
     return {c: mask_ssim(t == c, r == c) for c in (1, 2)}
 
 

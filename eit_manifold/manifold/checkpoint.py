@@ -27,11 +27,12 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "atlas.pt"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _torch_load(path: Path) -> Any:
+def torch_load_checked(path: Path) -> Any:
     """``torch.load`` (weights only) with a clear error for a missing or corrupt file."""
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
@@ -93,7 +94,7 @@ def save_atlas(atlas: Atlas, directory: str | os.PathLike, extra: dict | None = 
         "n_charts": atlas.n_charts,
         "chart": atlas.cfg.to_dict(),
         "meta": atlas.meta,
-        "sha256": _sha256(weights),
+        "sha256": file_sha256(weights),
         **(extra or {}),
     }
     write_json(directory / CONFIG_FILE, config)
@@ -160,9 +161,9 @@ def load_atlas(name_or_dir: str | os.PathLike) -> Atlas:
     if not weights_path.is_file():
         raise FileNotFoundError(f"file not found: {weights_path}")
     digest = config.get("sha256")
-    if digest is not None and digest != _sha256(weights_path):
+    if digest is not None and digest != file_sha256(weights_path):
         raise ValueError(f"{weights_path} is corrupt or does not belong to {config_path} (hash mismatch)")
-    state = _torch_load(weights_path)
+    state = torch_load_checked(weights_path)
     validate_state_dict(atlas, state, str(weights_path))
     atlas.load_state_dict(state)
     return atlas.eval()
@@ -176,7 +177,7 @@ def save_training_checkpoint(path: str | os.PathLike, state: dict) -> None:
 def load_training_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_training_checkpoint`, checking its format."""
     path = Path(path)
-    state = _torch_load(path)
+    state = torch_load_checked(path)
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
         raise ValueError(f"{path} is not an eit-manifold training checkpoint")
     return state
@@ -184,9 +185,12 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
 
 __all__ = [
     "bundled_atlases",
+    "file_sha256",
     "load_atlas",
     "load_training_checkpoint",
     "save_atlas",
     "save_training_checkpoint",
+    "torch_load_checked",
+    "torch_save_atomic",
     "validate_state_dict",
 ]

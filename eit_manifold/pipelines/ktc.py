@@ -5,7 +5,8 @@ flattened data change ``U - U_ref`` (P*M,) on the kept patterns/measurements, ``
 :class:`ReconstructionContext` (calibrated forward model, linearisation, pixel basis, noise model),
 and the returned image (any ``h x w``, on [-R, R]^2, row 0 at the top, same frame as the ground
 truths) is the conductivity change. The pipeline resamples it to 256 x 256 and segments it with
-the fixed rule of :mod:`eit_manifold.ktc.segmentation`. New methods (e.g. the atlas) plug in with
+the fixed rule of :mod:`eit_manifold.ktc.segmentation` (a method that segments by itself returns a
+:class:`Segmentation`). New methods (e.g. the atlas) plug in with
 :func:`register_method`.
 
 Regularisation rules (one setting for every case and level, never tuned per case):
@@ -19,6 +20,9 @@ Regularisation rules (one setting for every case and level, never tuned per case
   ``sigma = sigma0 exp(ln(10) x)`` (:mod:`eit_manifold.ktc.atlas_method`).
 * ``absolute``: absolute imaging from ``U = U_ref + change`` with the calibrated model plus channel
   offsets, the ``linear`` method's prior and noise model, :data:`ABSOLUTE_ITERATIONS` Gauss-Newton steps.
+* ``learned``: the ``linear`` reconstruction segmented by a U-Net trained on simulated phantoms of
+  the calibrated tank (:mod:`eit_manifold.pipelines.ktc_segmenter`); it returns a
+  :class:`Segmentation` instead of a change image, so the Otsu rule is not applied.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from eit_manifold.baselines.eit_linear import (
 from eit_manifold.io import save_npy_atomic, write_json
 from eit_manifold.ktc.calibration import Calibration, calibrate, ktc_mesh, ktc_tank
 from eit_manifold.ktc.data import IMAGE_SHAPE, RADIUS, KTCMeasurement, read_ktc, read_truth, restrict_like
-from eit_manifold.ktc.score import class_scores
+from eit_manifold.ktc.score import check_segmentation, class_scores
 from eit_manifold.ktc.segmentation import segment
 from eit_manifold.operators.eit import CEMForwardModel
 
@@ -55,6 +59,8 @@ PRIOR_STD = 0.05  # times sigma0
 PRIOR_LENGTH = RADIUS
 ABSOLUTE_ITERATIONS = 5
 SIGMA_FLOOR = 1e-3  # times sigma0: keeps a resistive target's conductivity positive
+BUNDLED_SEGMENTER = Path(__file__).resolve().parent.parent / "models" / "ktc-segmenter"
+SEGMENTER_SIGMA_TOLERANCE = 0.1  # a reference 10 % off the training water is another tank or liquid
 
 
 @dataclass
@@ -109,8 +115,14 @@ def _prior(ctx: ReconstructionContext) -> np.ndarray:
 
 
 def _linear_solution(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
-    """Pixel coefficients of the ``linear`` method."""
+    """Pixel coefficients of the ``linear`` method (one change (P*M,) or several as columns)."""
     return tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx))
+
+
+def linear_images(ctx: ReconstructionContext, changes: np.ndarray) -> np.ndarray:
+    """``linear`` reconstructions (k, H, W) of data changes given as columns (P*M, k)."""
+    x = _linear_solution(ctx, np.asarray(changes, dtype=float).reshape(ctx.jacobian.shape[0], -1))
+    return np.stack([ctx.basis.to_image(col) for col in x.T])
 
 
 def _tv_solution(ctx: ReconstructionContext, change: np.ndarray, x0: np.ndarray) -> np.ndarray:
@@ -174,8 +186,7 @@ def segmented_image(image: np.ndarray, size: int) -> np.ndarray:
     ``size x size`` grid (block means of the 256 x 256 segmentation; ``size`` must divide 256)."""
     if IMAGE_SHAPE[0] % size:
         raise ValueError(f"size must divide {IMAGE_SHAPE[0]}, got {size}")
-    _, _, inside = truth_grid()
-    labels = segment(resample(image), inside)
+    labels = image_and_segmentation(image)[1]
     values = np.select([labels == 1, labels == 2], [-1.0, 1.0], 0.0)
     b = IMAGE_SHAPE[0] // size
     return values.reshape(size, b, size, b).mean(axis=(1, 3))
@@ -210,10 +221,59 @@ def atlas_method(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
     return ctx.sigma0 * x
 
 
+@dataclass(frozen=True)
+class Segmentation:
+    """What a method returns when it segments by itself (instead of a change image).
+
+    Attributes
+    ----------
+    labels : array (256, 256) uint8
+        Classes 0/1/2 on the truth grid.
+    image : array (h, w)
+        The image to show beside it (e.g. the method's input reconstruction).
+    """
+
+    labels: np.ndarray
+    image: np.ndarray
+
+
+def _segmenter(ctx: ReconstructionContext):
+    """The learned segmenter (bundled, or ``ctx.cache["segmenter_path"]``), checked against ``ctx``."""
+    if "segmenter" not in ctx.cache:
+        from eit_manifold.ktc.segmenter import load_segmenter
+
+        path = ctx.cache.get("segmenter_path") or BUNDLED_SEGMENTER
+        net, meta = load_segmenter(path)
+        hint = "train one with `eit-manifold ktc-train DATA_DIR --level N --out DIR` and pass --segmenter DIR"
+        kept = (ctx.reference.patterns.tolist(), ctx.reference.measurements.tolist())
+        if (meta.get("patterns"), meta.get("measurements")) != kept:
+            raise ValueError(f"segmenter {path} was trained for level {meta.get('level')}'s patterns and "
+                             f"measurements, not for these (level {ctx.reference.level}); {hint}")
+        if meta.get("grid") != ctx.basis.shape[0]:
+            raise ValueError(f"segmenter {path} was trained on a {meta.get('grid')}-pixel grid, the run uses "
+                             f"{ctx.basis.shape[0]}; pass --grid {meta.get('grid')} or {hint}")
+        if not abs(meta.get("sigma0", np.nan) / ctx.sigma0 - 1) <= SEGMENTER_SIGMA_TOLERANCE:
+            raise ValueError(f"segmenter {path} was trained for water conductivity {meta.get('sigma0')}, this "
+                             f"reference calibrates to {ctx.sigma0:.4g}; {hint}")
+        ctx.cache["segmenter"] = net
+    return ctx.cache["segmenter"]
+
+
+def learned_method(ctx: ReconstructionContext, change: np.ndarray) -> Segmentation:
+    """The ``linear`` reconstruction segmented by the learned U-Net (:mod:`eit_manifold.ktc.segmenter`)
+    trained on simulated phantoms for this tank (:mod:`eit_manifold.pipelines.ktc_segmenter`)."""
+    from eit_manifold.ktc.segmenter import predict
+
+    image = linear_images(ctx, change)[0]
+    labels, _ = predict(_segmenter(ctx), image / ctx.sigma0, out_size=IMAGE_SHAPE[0])
+    return Segmentation(labels, image)
+
+
 register_method("linear", linear_method)
 register_method("tv", tv_method)
 register_method("atlas", atlas_method)
 register_method("absolute", absolute_method)
+register_method("learned", learned_method)
 
 
 def truth_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -238,6 +298,15 @@ def resample(image: np.ndarray) -> np.ndarray:
     return map_coordinates(image, [row, col], order=1, mode="nearest")
 
 
+def image_and_segmentation(result: np.ndarray | Segmentation) -> tuple[np.ndarray, np.ndarray]:
+    """A method's output as (change image, segmentation), both 256 x 256: a change image is
+    segmented by the fixed rule, a :class:`Segmentation` is taken as it is."""
+    if isinstance(result, Segmentation):
+        return resample(result.image), check_segmentation("the method's segmentation", result.labels)
+    image = resample(result)
+    return image, segment(image, truth_grid()[2])
+
+
 @dataclass
 class KTCConfig:
     """Options of :func:`run_ktc`."""
@@ -250,6 +319,7 @@ class KTCConfig:
     seed: int = 0
     grid: int = 48
     per_electrode: bool = True
+    segmenter: str | None = None
 
 
 def build_context(reference: KTCMeasurement, grid: int, per_electrode: bool = True) -> ReconstructionContext:
@@ -293,7 +363,6 @@ def run_ktc(config: KTCConfig) -> dict:
     ref_full = read_ktc(data_dir / "ref.mat", config.level)
     contexts: dict[tuple, ReconstructionContext] = {}
     cases = []
-    _, _, inside = truth_grid()
     for path in files:
         t0 = time.perf_counter()
         data = read_ktc(path, config.level)
@@ -301,9 +370,10 @@ def run_ktc(config: KTCConfig) -> dict:
         key = (tuple(data.patterns), tuple(data.measurements))
         if key not in contexts:
             contexts[key] = build_context(ref, config.grid, config.per_electrode)
+            if config.segmenter:
+                contexts[key].cache["segmenter_path"] = config.segmenter
         ctx = contexts[key]
-        image = resample(METHODS[config.method](ctx, (data.data - ref.data).ravel()))
-        seg = segment(image, inside)
+        image, seg = image_and_segmentation(METHODS[config.method](ctx, (data.data - ref.data).ravel()))
         save_npy_atomic(out / f"{path.stem}.npy", seg)
         case = {"case": path.stem, "level": config.level, "patterns": int(data.shape[0]),
                 "measurements": int(data.shape[1]), "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,0 +1,102 @@
+"""KTC-like phantoms for simulation: one to three targets of physical contrast in the water tank.
+
+A phantom is a list of polygonal targets (vertices in metres, counter-clockwise or not), each
+resistive (class 1, plastic: conductivity ``sigma0 * 10^-a``) or conductive (class 2, metal:
+``sigma0 * 10^a``). Shapes, drawn with equal probability:
+
+* disks (a 96-gon);
+* convex polygons, 3-7 vertices on an ellipse of axis ratio 0.4-1 (squares, triangles, bars);
+* star-shaped non-convex polygons, 5-12 vertices at jittered equal angles with radii 0.35-1 times
+  the enclosing radius (stars, crosses, L- and C-like shapes).
+
+Placement reuses the image families' disjoint-disk sampler (:func:`eit_manifold.data.images.disjoint_disks`)
+with the ``ktc`` family's ranges: enclosing radii 0.15-0.38 R, inside the disk of radius 0.92 R,
+at least 0.06 R apart. Contrast exponents ``a`` are uniform in [1, 4] (a factor 10 to 10^4: beyond
+a factor 10 the boundary data saturate, so the range covers insulators and good conductors without
+claiming to know the objects' material). These ranges are set a priori from the challenge's
+description (plastic and metal objects, one to three per case), not from the four training cases'
+scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.path import Path as PolygonPath
+
+from eit_manifold.data.images import KTC_GAP, KTC_MARGIN, KTC_MAX_TARGETS, KTC_RADII, disjoint_disks
+from eit_manifold.ktc.data import RADIUS
+
+SHAPES = ("disk", "convex", "star")
+CONTRAST_EXPONENTS = (1.0, 4.0)
+DISK_VERTICES = 96
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target: polygon ``vertices`` (k, 2) in metres, ``label`` 1 (resistive) or 2 (conductive),
+    conductivity ``factor`` relative to the water."""
+
+    vertices: np.ndarray
+    label: int
+    factor: float
+
+
+def _star(rng: np.random.Generator, radius: float) -> np.ndarray:
+    m = int(rng.integers(5, 13))
+    t = (np.arange(m) + rng.uniform(-0.3, 0.3, m)) * (2 * np.pi / m) + rng.uniform(0, 2 * np.pi)
+    r = radius * rng.uniform(0.35, 1.0, m)
+    r[int(rng.integers(m))] = radius  # the enclosing radius is reached
+    return np.column_stack([r * np.cos(t), r * np.sin(t)])
+
+
+def _convex(rng: np.random.Generator, radius: float) -> np.ndarray:
+    m = int(rng.integers(3, 8))
+    t = np.sort(rng.uniform(0, 2 * np.pi, m))
+    while np.max(np.diff(np.append(t, t[0] + 2 * np.pi))) > 0.9 * np.pi:  # avoid slivers
+        t = np.sort(rng.uniform(0, 2 * np.pi, m))
+    ratio, rot = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+    px, py = radius * np.cos(t), radius * ratio * np.sin(t)
+    return np.column_stack([px * np.cos(rot) - py * np.sin(rot), px * np.sin(rot) + py * np.cos(rot)])
+
+
+def _disk(radius: float) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, DISK_VERTICES, endpoint=False)
+    return radius * np.column_stack([np.cos(t), np.sin(t)])
+
+
+def sample_phantom(rng: np.random.Generator) -> list[Target]:
+    """Draw one phantom (module docstring)."""
+    n = int(rng.integers(1, KTC_MAX_TARGETS + 1))
+    centres, radii = disjoint_disks(rng, n, KTC_RADII, KTC_MARGIN, KTC_GAP)
+    targets = []
+    for c, r in zip(centres * RADIUS, radii * RADIUS, strict=True):
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        local = _disk(r) if shape == "disk" else _convex(rng, r) if shape == "convex" else _star(rng, r)
+        label = int(rng.integers(1, 3))
+        exponent = rng.uniform(*CONTRAST_EXPONENTS)
+        targets.append(Target(c + local, label, float(10.0 ** (exponent if label == 2 else -exponent))))
+    return targets
+
+
+def labels_at(targets: list[Target], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class (0/1/2, uint8) and conductivity factor (1 in the water) at ``points`` (n, 2) in metres."""
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"points must have shape (n, 2), got {points.shape}")
+    label = np.zeros(len(points), dtype=np.uint8)
+    factor = np.ones(len(points))
+    for t in targets:
+        inside = PolygonPath(t.vertices).contains_points(points)
+        label[inside] = t.label
+        factor[inside] = t.factor
+    return label, factor
+
+
+def label_image(targets: list[Target], size: int) -> np.ndarray:
+    """Classes on a ``size x size`` pixel grid over [-R, R]^2 (row 0 at the top, the truths' frame)."""
+    c = -RADIUS + (np.arange(size) + 0.5) * (2 * RADIUS / size)
+    X, Y = np.meshgrid(c, c[::-1])
+    label, _ = labels_at(targets, np.column_stack([X.ravel(), Y.ravel()]))
+    return label.reshape(size, size)

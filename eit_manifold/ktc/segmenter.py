@@ -1,0 +1,272 @@
+"""Learned segmentation of linearised KTC reconstructions (a small U-Net), trained on simulations.
+
+The network maps a linearised difference reconstruction (any ``h x w`` image on [-R, R]^2, divided
+by the water conductivity) to class logits (water, resistive, conductive) on a 64 x 64 grid; the
+logits are resampled bilinearly to the 256 x 256 truth grid and the most likely class wins. Inputs
+are resampled to 64 x 64 first and carry two coordinate channels (x, y), because the sensitivity
+of EIT, and so the look of a target, depends on where it is.
+
+Training (:func:`train_segmenter`): cross-entropy plus a soft Dice loss of the two target classes
+(targets cover a few per cent of the image), Adam with a cosine learning-rate decay, a checkpoint
+after every epoch from which training resumes. A trained network is a directory with
+``config.json`` (format tag, architecture, input scale, training and simulation settings, kept
+patterns/measurements, SHA-256 of the weights) and ``segmenter.pt``; loading validates all of it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from eit_manifold.io import read_json, write_json
+from eit_manifold.manifold.checkpoint import (
+    file_sha256,
+    load_training_checkpoint,
+    save_training_checkpoint,
+    torch_load_checked,
+    torch_save_atomic,
+    validate_state_dict,
+)
+
+SEGMENTER_FORMAT = "eit-manifold-ktc-segmenter/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "segmenter.pt"
+N_CLASSES = 3
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+class SegmenterNet(nn.Module):
+    """U-Net with three poolings: (B, h, w) reconstructions -> (B, 3, size, size) class logits.
+
+    Parameters
+    ----------
+    width : int
+        Channels of the first level (doubled at each pooling).
+    size : int
+        Side of the working grid and of the output (a multiple of 8).
+    """
+
+    def __init__(self, width: int = 16, size: int = 64):
+        super().__init__()
+        if width < 1 or size < 8 or size % 8:
+            raise ValueError(f"need width >= 1 and size a positive multiple of 8, got width={width}, size={size}")
+        self.width, self.size = int(width), int(size)
+        w = self.width
+        self.encoders = nn.ModuleList([_block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w)])
+        self.bottleneck = _block(4 * w, 8 * w)
+        self.ups = nn.ModuleList([nn.ConvTranspose2d(c, c // 2, 2, stride=2) for c in (8 * w, 4 * w, 2 * w)])
+        self.decoders = nn.ModuleList([_block(8 * w, 4 * w), _block(4 * w, 2 * w), _block(2 * w, w)])
+        self.head = nn.Conv2d(w, N_CLASSES, 1)
+        c = (torch.arange(size) + 0.5) / size * 2 - 1
+        y, x = torch.meshgrid(-c, c, indexing="ij")  # row 0 at the top (y = +1)
+        self.register_buffer("coords", torch.stack([x, y]))
+        self.register_buffer("input_scale", torch.tensor(1.0))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 3:
+            raise ValueError(f"expected images of shape (B, h, w), got {tuple(image.shape)}")
+        x = F.interpolate(image[:, None] * self.input_scale, size=(self.size, self.size), mode="bilinear",
+                          align_corners=False)
+        x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], dim=1)
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
+            x = decoder(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings of :func:`train_segmenter`."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    width: int = 16
+    size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self}")
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus ``1 -`` the mean soft Dice coefficient of the two target classes."""
+    ce = F.cross_entropy(logits, labels)
+    prob = logits.softmax(dim=1)[:, 1:]
+    onehot = F.one_hot(labels, N_CLASSES).permute(0, 3, 1, 2)[:, 1:].to(prob.dtype)
+    inter = (prob * onehot).sum(dim=(0, 2, 3))
+    dice = (2 * inter + 1.0) / (prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) + 1.0)
+    return ce + (1.0 - dice.mean())
+
+
+def _check_pairs(inputs: np.ndarray, labels: np.ndarray, size: int) -> None:
+    if inputs.ndim != 3 or labels.ndim != 3 or len(inputs) != len(labels) or len(inputs) == 0:
+        raise ValueError(f"need inputs (n, h, w) and labels (n, s, s) with the same n > 0, got "
+                         f"{inputs.shape} and {labels.shape}")
+    if labels.shape[1:] != (size, size):
+        raise ValueError(f"labels must be {size} x {size} (the network's grid), got {labels.shape[1:]}")
+    if not np.all(np.isfinite(inputs)):
+        raise ValueError("inputs contain non-finite values")
+    bad = np.setdiff1d(np.unique(labels), np.arange(N_CLASSES))
+    if bad.size:
+        raise ValueError(f"labels must be 0, 1 or 2, found {bad.tolist()[:5]}")
+
+
+def train_segmenter(
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[SegmenterNet, list[float]]:
+    """Train a :class:`SegmenterNet` on (reconstruction, classes) pairs.
+
+    Parameters
+    ----------
+    inputs : array (n, h, w)
+        Reconstructions divided by the water conductivity.
+    labels : array (n, size, size)
+        Classes 0/1/2 on the network's grid.
+    config : TrainConfig
+        Settings; ``config.seed`` fixes the initialisation and the batch order.
+    checkpoint : path, optional
+        Written after every epoch; if it exists (same settings), training resumes from it.
+
+    Returns
+    -------
+    (SegmenterNet, list of float)
+        The network (eval mode) and the mean training loss of every epoch.
+    """
+    _check_pairs(inputs, labels, config.size)
+    torch.manual_seed(config.seed)
+    net = SegmenterNet(config.width, config.size)
+    # One input scale for all: the inputs' rms, so the first layer sees values of order one.
+    net.input_scale.fill_(1.0 / max(float(np.sqrt(np.mean(inputs.astype(np.float64) ** 2))), 1e-12))
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    steps_per_epoch = math.ceil(len(inputs) / config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+    history: list[float] = []
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = load_training_checkpoint(ckpt)
+        if state.get("config") != asdict(config) or state.get("n") != len(inputs):
+            raise ValueError(f"checkpoint {ckpt} was written with other settings ({state.get('config')}, "
+                             f"n={state.get('n')}); remove it to start afresh")
+        validate_state_dict(net, state["model"], str(ckpt))
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+    x_all = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+    y_all = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    net.train()
+    bar = tqdm(range(len(history), config.epochs), desc="training segmenter", disable=not progress)
+    for epoch in bar:
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(inputs))  # resumable order
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            idx = torch.from_numpy(order[start:start + config.batch_size])
+            loss = segmentation_loss(net(x_all[idx]), y_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        history.append(total / len(order))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+        if ckpt is not None:
+            save_training_checkpoint(ckpt, {"config": asdict(config), "n": len(inputs), "model": net.state_dict(),
+                                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                            "history": history})
+    return net.eval(), history
+
+
+@torch.no_grad()
+def predict(
+    net: SegmenterNet, images: np.ndarray, out_size: int = 256, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and class probabilities of reconstructions.
+
+    Parameters
+    ----------
+    images : array (k, h, w) or (h, w)
+        Reconstructions divided by the water conductivity.
+    out_size : int
+        Side of the output grid (the logits are resampled bilinearly to it).
+
+    Returns
+    -------
+    labels : array (k, out_size, out_size) uint8 (or 2-D for one image)
+        Most likely class; 0 outside the tank's disk.
+    probabilities : array (k, 3, out_size, out_size) float32 (or 3-D)
+    """
+    arr = np.asarray(images, dtype=np.float32)
+    single = arr.ndim == 2
+    arr = arr[None] if single else arr
+    if arr.ndim != 3 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"images must be finite, of shape (k, h, w) or (h, w), got {np.shape(images)}")
+    net.eval()
+    probs = []
+    for start in range(0, len(arr), batch_size):
+        logits = net(torch.from_numpy(arr[start:start + batch_size]))
+        logits = F.interpolate(logits, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        probs.append(logits.softmax(dim=1).numpy())
+    prob = np.concatenate(probs)
+    labels = prob.argmax(axis=1).astype(np.uint8)
+    c = (np.arange(out_size) + 0.5) / out_size * 2 - 1
+    labels[:, np.hypot(*np.meshgrid(c, c)) >= 1] = 0
+    return (labels[0], prob[0]) if single else (labels, prob)
+
+
+def save_segmenter(net: SegmenterNet, directory: str | os.PathLike, meta: dict) -> Path:
+    """Write ``net`` and ``meta`` (JSON-serialisable) to ``directory`` atomically, file by file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_FILE
+    torch_save_atomic(net.state_dict(), weights)
+    write_json(directory / CONFIG_FILE, {"format": SEGMENTER_FORMAT, "width": net.width, "size": net.size,
+                                         "sha256": file_sha256(weights), **meta})
+    return directory
+
+
+def load_segmenter(directory: str | os.PathLike) -> tuple[SegmenterNet, dict]:
+    """Read a network written by :func:`save_segmenter`; ``ValueError`` naming what is wrong."""
+    directory = Path(directory)
+    config_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no segmenter at {directory}: {CONFIG_FILE} missing")
+    config = read_json(config_path)
+    if not isinstance(config, dict) or config.get("format") != SEGMENTER_FORMAT:
+        raise ValueError(f"{config_path} is not a KTC segmenter ({SEGMENTER_FORMAT})")
+    try:
+        net = SegmenterNet(int(config["width"]), int(config["size"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{config_path}: bad architecture entry: {exc}") from exc
+    if not weights.is_file():
+        raise FileNotFoundError(f"file not found: {weights}")
+    if config.get("sha256") != file_sha256(weights):
+        raise ValueError(f"{weights} is corrupt or does not belong to {config_path} (hash mismatch)")
+    state = torch_load_checked(weights)
+    validate_state_dict(net, state, str(weights))
+    net.load_state_dict(state)
+    return net.eval(), config
