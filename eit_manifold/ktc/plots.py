@@ -40,6 +40,7 @@ def plot_segmenter_validation(path: str | os.PathLike, net, data: dict, scores: 
                               n: int = 6) -> None:
     """Training loss, score histograms (network vs ``linear`` + Otsu) and ``n`` validation cases
     (input reconstruction, network's classes, truth)."""
+    from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS
     from eit_manifold.ktc.segmenter import predict
 
     n = min(n, len(data["val_inputs"]))
@@ -55,7 +56,7 @@ def plot_segmenter_validation(path: str | os.PathLike, net, data: dict, scores: 
     ax_hist.legend(fontsize=8)
     axes = bottom.subplots(3, n, squeeze=False)
     ext = (-RADIUS, RADIUS, -RADIUS, RADIUS)
-    labels, _ = predict(net, data["val_inputs"][:n])
+    labels, _ = predict(net, data["val_inputs"][:n], min_pixels=MIN_COMPONENT_PIXELS)
     for j in range(n):
         image = data["val_inputs"][j]
         vmax = float(np.max(np.abs(image))) or 1.0

@@ -98,3 +98,27 @@ def segment(image: np.ndarray, inside: np.ndarray, rule: str = "otsu-abs") -> np
             out[low], out[high] = 1, 2
         return out
     raise ValueError(f"unknown segmentation rule {rule!r}: choose one of {', '.join(RULES)}")
+
+
+# Smallest target of the simulated KTC family (:mod:`eit_manifold.ktc.phantoms`) on the 256 x 256
+# grid: 140 pixels (1st percentile 316, median 1556, over 5000 phantoms). A segmented component
+# well below that is not a target. The challenge's score punishes such specks hard where the class
+# is absent (its SSIM constants are tiny): a 4-pixel speck costs a class score of 1 about 0.13.
+MIN_COMPONENT_PIXELS = 100
+
+
+def remove_small_components(labels: np.ndarray, min_pixels: int = MIN_COMPONENT_PIXELS) -> np.ndarray:
+    """``labels`` with every 4-connected component of class 1 or 2 smaller than ``min_pixels`` set to water."""
+    from scipy.ndimage import label as connected_components
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D image, got shape {labels.shape}")
+    out = labels.copy()
+    for c in (1, 2):
+        components, n = connected_components(labels == c)
+        if n:
+            sizes = np.bincount(components.ravel())
+            small = np.nonzero(sizes < min_pixels)[0]
+            out[np.isin(components, small[small > 0])] = 0
+    return out

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eit_manifold.io import read_json, write_json
+from eit_manifold.ktc.segmentation import remove_small_components
 from eit_manifold.manifold.checkpoint import (
     file_sha256,
     load_training_checkpoint,
@@ -203,7 +204,7 @@ def train_segmenter(
 
 @torch.no_grad()
 def predict(
-    net: SegmenterNet, images: np.ndarray, out_size: int = 256, batch_size: int = 64
+    net: SegmenterNet, images: np.ndarray, out_size: int = 256, batch_size: int = 64, min_pixels: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Classes and class probabilities of reconstructions.
 
@@ -213,6 +214,10 @@ def predict(
         Reconstructions divided by the water conductivity.
     out_size : int
         Side of the output grid (the logits are resampled bilinearly to it).
+    min_pixels : int
+        Target components smaller than this (pixels of the output grid) become water
+        (:func:`eit_manifold.ktc.segmentation.remove_small_components`); the ``learned`` method uses
+        :data:`~eit_manifold.ktc.segmentation.MIN_COMPONENT_PIXELS`.
 
     Returns
     -------
@@ -235,6 +240,8 @@ def predict(
     labels = prob.argmax(axis=1).astype(np.uint8)
     c = (np.arange(out_size) + 0.5) / out_size * 2 - 1
     labels[:, np.hypot(*np.meshgrid(c, c)) >= 1] = 0
+    if min_pixels > 0:
+        labels = np.stack([remove_small_components(lab, min_pixels) for lab in labels])
     return (labels[0], prob[0]) if single else (labels, prob)
 
 

@@ -50,7 +50,7 @@ from eit_manifold.io import save_npy_atomic, write_json
 from eit_manifold.ktc.calibration import Calibration, calibrate, ktc_mesh, ktc_tank
 from eit_manifold.ktc.data import IMAGE_SHAPE, RADIUS, KTCMeasurement, read_ktc, read_truth, restrict_like
 from eit_manifold.ktc.score import check_segmentation, class_scores
-from eit_manifold.ktc.segmentation import segment
+from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
 from eit_manifold.operators.eit import CEMForwardModel
 
 NOISE_RELATIVE = 0.05
@@ -261,11 +261,12 @@ def _segmenter(ctx: ReconstructionContext):
 
 def learned_method(ctx: ReconstructionContext, change: np.ndarray) -> Segmentation:
     """The ``linear`` reconstruction segmented by the learned U-Net (:mod:`eit_manifold.ktc.segmenter`)
-    trained on simulated phantoms for this tank (:mod:`eit_manifold.pipelines.ktc_segmenter`)."""
+    trained on simulated phantoms for this tank (:mod:`eit_manifold.pipelines.ktc_segmenter`); target
+    components smaller than :data:`~eit_manifold.ktc.segmentation.MIN_COMPONENT_PIXELS` become water."""
     from eit_manifold.ktc.segmenter import predict
 
     image = linear_images(ctx, change)[0]
-    labels, _ = predict(_segmenter(ctx), image / ctx.sigma0, out_size=IMAGE_SHAPE[0])
+    labels, _ = predict(_segmenter(ctx), image / ctx.sigma0, out_size=IMAGE_SHAPE[0], min_pixels=MIN_COMPONENT_PIXELS)
     return Segmentation(labels, image)
 
 

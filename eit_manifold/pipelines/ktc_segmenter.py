@@ -21,7 +21,7 @@ import numpy as np
 from eit_manifold.io import read_json, save_npz_atomic
 from eit_manifold.ktc.data import read_ktc
 from eit_manifold.ktc.score import class_scores
-from eit_manifold.ktc.segmentation import segment
+from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
 from eit_manifold.ktc.segmenter import TrainConfig, predict, save_segmenter, train_segmenter
 from eit_manifold.ktc.simulation import SimulationConfig, simulate_pairs
 from eit_manifold.pipelines.ktc import build_context, linear_images, resample, truth_grid
@@ -38,7 +38,7 @@ class SegmenterRunConfig:
     out: str
     level: int = 1
     grid: int = 48
-    n_train: int = 3000
+    n_train: int = 6000
     n_val: int = 300
     epochs: int = 30
     width: int = 16
@@ -73,7 +73,7 @@ def _simulate(ctx, cfg: SegmenterRunConfig, sim: SimulationConfig, path: Path) -
 def validation_scores(net, inputs: np.ndarray, truths: np.ndarray) -> dict[str, np.ndarray]:
     """Challenge scores of the network and of the ``linear`` + Otsu rule on simulated pairs."""
     _, _, inside = truth_grid()
-    labels, _ = predict(net, inputs)
+    labels, _ = predict(net, inputs, min_pixels=MIN_COMPONENT_PIXELS)  # as the ``learned`` method runs
     learned, linear = [], []
     for image, truth, label in zip(inputs, truths, labels, strict=True):
         s = class_scores(truth, label)
