@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg
@@ -52,6 +53,9 @@ from eit_manifold.ktc.data import IMAGE_SHAPE, RADIUS, KTCMeasurement, read_ktc,
 from eit_manifold.ktc.score import check_segmentation, class_scores
 from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
 from eit_manifold.operators.eit import CEMForwardModel
+
+if TYPE_CHECKING:
+    from eit_manifold.ktc.segmenter import SegmenterNet
 
 NOISE_RELATIVE = 0.05
 NOISE_ABSOLUTE = 0.01
@@ -237,7 +241,7 @@ class Segmentation:
     image: np.ndarray
 
 
-def _segmenter(ctx: ReconstructionContext):
+def _segmenter(ctx: ReconstructionContext) -> SegmenterNet:
     """The learned segmenter (bundled, or ``ctx.cache["segmenter_path"]``), checked against ``ctx``."""
     if "segmenter" not in ctx.cache:
         from eit_manifold.ktc.segmenter import load_segmenter

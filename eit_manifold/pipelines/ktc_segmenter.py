@@ -22,9 +22,9 @@ from eit_manifold.io import read_json, save_npz_atomic
 from eit_manifold.ktc.data import read_ktc
 from eit_manifold.ktc.score import class_scores
 from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
-from eit_manifold.ktc.segmenter import TrainConfig, predict, save_segmenter, train_segmenter
+from eit_manifold.ktc.segmenter import SegmenterNet, TrainConfig, predict, save_segmenter, train_segmenter
 from eit_manifold.ktc.simulation import SimulationConfig, simulate_pairs
-from eit_manifold.pipelines.ktc import build_context, linear_images, resample, truth_grid
+from eit_manifold.pipelines.ktc import ReconstructionContext, build_context, linear_images, resample, truth_grid
 
 SIMULATION_FILE = "simulation.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -46,7 +46,9 @@ class SegmenterRunConfig:
     progress: bool = True
 
 
-def _simulate(ctx, cfg: SegmenterRunConfig, sim: SimulationConfig, path: Path) -> dict[str, np.ndarray]:
+def _simulate(
+    ctx: ReconstructionContext, cfg: SegmenterRunConfig, sim: SimulationConfig, path: Path
+) -> dict[str, np.ndarray]:
     """The simulated pairs: read from ``path`` when it was written with the same settings."""
     key = {"level": cfg.level, "grid": cfg.grid, "n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
            "simulation": asdict(sim), "sigma0": ctx.sigma0}
@@ -70,7 +72,7 @@ def _simulate(ctx, cfg: SegmenterRunConfig, sim: SimulationConfig, path: Path) -
     return data
 
 
-def validation_scores(net, inputs: np.ndarray, truths: np.ndarray) -> dict[str, np.ndarray]:
+def validation_scores(net: SegmenterNet, inputs: np.ndarray, truths: np.ndarray) -> dict[str, np.ndarray]:
     """Challenge scores of the network and of the ``linear`` + Otsu rule on simulated pairs."""
     _, _, inside = truth_grid()
     labels, _ = predict(net, inputs, min_pixels=MIN_COMPONENT_PIXELS)  # as the ``learned`` method runs
