@@ -66,9 +66,9 @@ def ktc_train_command(
                              "checkpoint, validation.png."),
     level: int = typer.Option(1, help="Challenge level 1..7 the network is for."),
     grid: int = typer.Option(48, help="Pixels per side of the linear reconstruction grid."),
-    n_train: int = typer.Option(6000, help="Simulated training phantoms."),
+    n_train: int = typer.Option(12000, help="Simulated training phantoms."),
     n_val: int = typer.Option(300, help="Simulated validation phantoms."),
-    epochs: int = typer.Option(30, help="Training epochs."),
+    epochs: int = typer.Option(20, help="Training epochs."),
     width: int = typer.Option(16, help="Channels of the U-Net's first level."),
     seed: int = typer.Option(0, help="Random seed (phantoms, noise, initialisation, batch order)."),
 ) -> None:

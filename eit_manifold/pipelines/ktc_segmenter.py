@@ -38,9 +38,9 @@ class SegmenterRunConfig:
     out: str
     level: int = 1
     grid: int = 48
-    n_train: int = 6000
+    n_train: int = 12000
     n_val: int = 300
-    epochs: int = 30
+    epochs: int = 20
     width: int = 16
     seed: int = 0
     progress: bool = True
