@@ -76,18 +76,19 @@ def test_error_under_mpirun_ends_the_run(tmp_path):
 
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_PRINT_THREADS = ("import os, eit_manifold.cli; "
-                  "print(*(os.environ.get(v, '-') for v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS')))")
+# One write per process: two processes' prints under mpirun may interleave between their pieces.
+_PRINT_THREADS = ("import os, sys, eit_manifold.cli; sys.stdout.write("
+                  "','.join(os.environ.get(v, '-') for v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS')) + '\\n')")
 
 
 def test_cli_runs_one_blas_thread_per_process_only_under_mpirun():
     env = {k: v for k, v in os.environ.items() if k not in _THREAD_VARS}
     parallel = subprocess.run([MPIRUN, "-n", "2", sys.executable, "-c", _PRINT_THREADS], env=env,
                               capture_output=True, text=True, timeout=120)
-    assert parallel.stdout.split() == ["1"] * 4, parallel.stderr[-2000:]
+    assert parallel.stdout.split() == ["1,1"] * 2, parallel.stderr[-2000:]
     serial = subprocess.run([sys.executable, "-c", _PRINT_THREADS], env=env, capture_output=True, text=True,
                             timeout=120)
-    assert serial.stdout.split() == ["-", "-"]
+    assert serial.stdout.split() == ["-,-"]
     chosen = subprocess.run([MPIRUN, "-n", "2", sys.executable, "-c", _PRINT_THREADS],
                             env={**env, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=120)
-    assert chosen.stdout.split() == ["2", "1", "2", "1"]
+    assert chosen.stdout.split() == ["2,1"] * 2
