@@ -129,15 +129,24 @@ def _ktc_params(rng: np.random.Generator) -> dict:
         if rng.uniform() < 0.5:
             vertices.append(None)
             continue
-        # Vertices on an ellipse inscribed in the enclosing circle: convex, counter-clockwise.
-        m = int(rng.integers(3, 8))
-        t = np.sort(rng.uniform(0, 2 * np.pi, m))
-        while np.max(np.diff(np.append(t, t[0] + 2 * np.pi))) > 0.9 * np.pi:  # avoid slivers
-            t = np.sort(rng.uniform(0, 2 * np.pi, m))
-        ratio, rot = rng.uniform(0.7, 1.0), rng.uniform(0, np.pi)
-        px, py = r * np.cos(t), r * ratio * np.sin(t)
-        vertices.append(c + np.stack([px * np.cos(rot) - py * np.sin(rot), px * np.sin(rot) + py * np.cos(rot)], 1))
+        vertices.append(c + ellipse_polygon(rng, r, 0.7))
     return {"centres": centres, "radii": radii, "values": values, "vertices": vertices}
+
+
+def ellipse_polygon(rng: np.random.Generator, radius: float, min_ratio: float) -> np.ndarray:
+    """A random convex polygon around the origin, vertices ``(m, 2)`` counter-clockwise.
+
+    3-7 vertices at random angles (no gap wider than 0.9 pi, which would make a sliver) on an
+    ellipse inscribed in the circle of ``radius``: axis ratio uniform in ``[min_ratio, 1]``, random
+    rotation.
+    """
+    m = int(rng.integers(3, 8))
+    t = np.sort(rng.uniform(0, 2 * np.pi, m))
+    while np.max(np.diff(np.append(t, t[0] + 2 * np.pi))) > 0.9 * np.pi:
+        t = np.sort(rng.uniform(0, 2 * np.pi, m))
+    ratio, rot = rng.uniform(min_ratio, 1.0), rng.uniform(0, np.pi)
+    px, py = radius * np.cos(t), radius * ratio * np.sin(t)
+    return np.column_stack([px * np.cos(rot) - py * np.sin(rot), px * np.sin(rot) + py * np.cos(rot)])
 
 
 def _bar_params(rng: np.random.Generator) -> dict:

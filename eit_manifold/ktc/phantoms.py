@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.path import Path as PolygonPath
 
-from eit_manifold.data.images import KTC_GAP, KTC_MARGIN, KTC_MAX_TARGETS, KTC_RADII, disjoint_disks
+from eit_manifold.data.images import (
+    KTC_GAP,
+    KTC_MARGIN,
+    KTC_MAX_TARGETS,
+    KTC_RADII,
+    disjoint_disks,
+    ellipse_polygon,
+)
 from eit_manifold.ktc.data import RADIUS
 
 SHAPES = ("disk", "convex", "star")
@@ -51,16 +58,6 @@ def _star(rng: np.random.Generator, radius: float) -> np.ndarray:
     return np.column_stack([r * np.cos(t), r * np.sin(t)])
 
 
-def _convex(rng: np.random.Generator, radius: float) -> np.ndarray:
-    m = int(rng.integers(3, 8))
-    t = np.sort(rng.uniform(0, 2 * np.pi, m))
-    while np.max(np.diff(np.append(t, t[0] + 2 * np.pi))) > 0.9 * np.pi:  # avoid slivers
-        t = np.sort(rng.uniform(0, 2 * np.pi, m))
-    ratio, rot = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
-    px, py = radius * np.cos(t), radius * ratio * np.sin(t)
-    return np.column_stack([px * np.cos(rot) - py * np.sin(rot), px * np.sin(rot) + py * np.cos(rot)])
-
-
 def _disk(radius: float) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, DISK_VERTICES, endpoint=False)
     return radius * np.column_stack([np.cos(t), np.sin(t)])
@@ -73,7 +70,7 @@ def sample_phantom(rng: np.random.Generator) -> list[Target]:
     targets = []
     for c, r in zip(centres * RADIUS, radii * RADIUS, strict=True):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        local = _disk(r) if shape == "disk" else _convex(rng, r) if shape == "convex" else _star(rng, r)
+        local = _disk(r) if shape == "disk" else ellipse_polygon(rng, r, 0.4) if shape == "convex" else _star(rng, r)
         label = int(rng.integers(1, 3))
         exponent = rng.uniform(*CONTRAST_EXPONENTS)
         targets.append(Target(c + local, label, float(10.0 ** (exponent if label == 2 else -exponent))))
