@@ -73,15 +73,10 @@ def ktc_tank(
     angle_offsets: float | np.ndarray = 0.0,
 ) -> Tank:
     """The KTC tank: radius 0.115 m, 32 electrodes (equally spaced unless ``angle_offsets`` are given)."""
-
-    def value(v: float | np.ndarray) -> float | tuple[float, ...]:
-        a = np.asarray(v, dtype=float)
-        return float(a) if a.ndim == 0 else tuple(a.tolist())
-
     return Tank(
-        radius=RADIUS, n_electrodes=N_ELECTRODES, electrode_width=value(electrode_width),
-        contact_impedance=value(contact_impedance), first_angle=first_angle, orientation=orientation,
-        angle_offsets=value(angle_offsets),
+        radius=RADIUS, n_electrodes=N_ELECTRODES, electrode_width=electrode_width,
+        contact_impedance=contact_impedance, first_angle=first_angle, orientation=orientation,
+        angle_offsets=angle_offsets,
     )
 
 

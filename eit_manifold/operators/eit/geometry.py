@@ -44,6 +44,8 @@ class Tank:
 
     Notes
     -----
+    Array-valued fields are stored as tuples (the dataclass stays hashable); :attr:`widths`,
+    :attr:`impedances` and :attr:`offsets` give them as read-only arrays.
     Electrode centres are ``theta_l = first_angle + orientation * 2 pi l / L + angle_offsets_l``
     for ``l = 0..L-1`` (equally spaced without offsets). Electrodes may not touch or overlap.
     """
@@ -87,6 +89,9 @@ class Tank:
             )
         for arr in (widths, z, offsets):
             arr.setflags(write=False)
+        # Array-valued fields are stored as tuples: the frozen dataclass must stay hashable.
+        for name in ("electrode_width", "contact_impedance", "angle_offsets"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
         object.__setattr__(self, "_widths", widths)
         object.__setattr__(self, "_impedances", z)
         object.__setattr__(self, "_offsets", offsets)
@@ -124,11 +129,11 @@ class Tank:
         return Tank(
             radius=self.radius,
             n_electrodes=self.n_electrodes,
-            electrode_width=_tuple(self.electrode_width),
-            contact_impedance=_tuple(contact_impedance),
+            electrode_width=self.electrode_width,
+            contact_impedance=contact_impedance,
             first_angle=self.first_angle,
             orientation=self.orientation,
-            angle_offsets=_tuple(self.angle_offsets),
+            angle_offsets=self.angle_offsets,
         )
 
     def to_dict(self) -> dict:
@@ -149,11 +154,11 @@ class Tank:
         return cls(
             radius=float(d["radius"]),
             n_electrodes=int(d["n_electrodes"]),
-            electrode_width=_tuple(d["electrode_width"]),
-            contact_impedance=_tuple(d["contact_impedance"]),
+            electrode_width=d["electrode_width"],
+            contact_impedance=d["contact_impedance"],
             first_angle=float(d.get("first_angle", 0.0)),
             orientation=int(d.get("orientation", 1)),
-            angle_offsets=_tuple(d.get("angle_offsets", 0.0)),
+            angle_offsets=d.get("angle_offsets", 0.0),
         )
 
 
