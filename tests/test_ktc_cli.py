@@ -14,12 +14,17 @@ from eit_manifold.cli import app
 runner = CliRunner()
 
 
-def test_ktc_linear_one_case(tmp_path):
-    src = ktc_dir()
+def _case_dir(tmp_path, names):
+    """A data directory holding copies of the named KTC files."""
     data = tmp_path / "data"
     data.mkdir()
-    for name in ("ref.mat", "data1.mat", "true1.mat"):
-        shutil.copy(src / name, data / name)
+    for name in names:
+        shutil.copy(ktc_dir() / name, data / name)
+    return data
+
+
+def test_ktc_linear_one_case(tmp_path):
+    data = _case_dir(tmp_path, ("ref.mat", "data1.mat", "true1.mat"))
     out = tmp_path / "out"
     result = runner.invoke(app, ["ktc", str(data), "--method", "linear", "--out", str(out), "--truth", str(data),
                                  "--grid", "24", "--shared-impedance"])
@@ -49,11 +54,7 @@ def test_ktc_score_identical_and_errors(tmp_path):
 
 
 def test_ktc_learned_one_case_with_the_bundled_network(tmp_path):
-    src = ktc_dir()
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("ref.mat", "data3.mat", "true3.mat"):
-        shutil.copy(src / name, data / name)
+    data = _case_dir(tmp_path, ("ref.mat", "data3.mat", "true3.mat"))
     out = tmp_path / "out"
     result = runner.invoke(app, ["ktc", str(data), "--method", "learned", "--out", str(out), "--truth", str(data),
                                  "--shared-impedance"])
@@ -67,9 +68,7 @@ def test_ktc_learned_one_case_with_the_bundled_network(tmp_path):
 
 
 def test_ktc_train_small_run_and_resume(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copy(ktc_dir() / "ref.mat", data / "ref.mat")  # no target data needed
+    data = _case_dir(tmp_path, ["ref.mat"])  # no target data needed
     out = tmp_path / "net"
     args = ["ktc-train", str(data), "--out", str(out), "--n-train", "8", "--n-val", "4", "--epochs", "2",
             "--width", "4", "--grid", "24", "--seed", "1"]
