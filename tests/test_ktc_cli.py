@@ -71,12 +71,13 @@ def test_ktc_train_small_run_and_resume(tmp_path):
     data = _case_dir(tmp_path, ["ref.mat"])  # no target data needed
     out = tmp_path / "net"
     args = ["ktc-train", str(data), "--out", str(out), "--n-train", "8", "--n-val", "4", "--epochs", "2",
-            "--width", "4", "--grid", "24", "--seed", "1"]
+            "--width", "4", "--grid", "24", "--seed", "1", "--prior-scales", "1,4"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "validation score" in result.output
     config = json.loads((out / "config.json").read_text())
     assert config["level"] == 1 and config["grid"] == 24 and len(config["loss"]) == 2
+    assert config["channels"] == 2 and config["prior_scales"] == [1.0, 4.0]
     assert (out / "validation.png").is_file() and (out / "simulation.npz").is_file()
     # Running it again reuses the simulations and the finished checkpoint: the same network.
     stamp = (out / "simulation.npz").stat().st_mtime_ns
@@ -88,3 +89,14 @@ def test_ktc_train_small_run_and_resume(tmp_path):
 
     net, meta = load_segmenter(out)
     assert meta["n_train"] == 8 and net.width == 4
+    # Other prior scales reuse the simulated data changes (only the reconstructions differ), and a
+    # malformed list is refused naming it.
+    (tmp_path / "net1").mkdir()
+    shutil.copy2(out / "simulation.npz", tmp_path / "net1" / "simulation.npz")
+    stamp = (tmp_path / "net1" / "simulation.npz").stat().st_mtime_ns
+    other = runner.invoke(app, [*args[:-1], "1", "--out", str(tmp_path / "net1")])
+    assert other.exit_code == 0, other.output
+    assert (tmp_path / "net1" / "simulation.npz").stat().st_mtime_ns == stamp
+    assert load_segmenter(tmp_path / "net1")[0].channels == 1
+    bad = runner.invoke(app, [*args[:-1], "1,x"])
+    assert bad.exit_code != 0 and "1,x" in bad.output

@@ -210,25 +210,110 @@ def test_save_and_load_round_trip_and_corruption(tmp_path):
         predict(net, np.zeros((2, 2, 3, 3)))
 
 
-def test_learned_method_checks_its_network_against_the_run(tmp_path):
+def _small_context():
+    """A ReconstructionContext on the small tank (16-pixel grid) and a data change (a 10 % drop)."""
     from eit_manifold.baselines.eit_linear import jacobian_in_basis, noise_std, pixel_basis
-    from eit_manifold.pipelines.ktc import METHODS, ReconstructionContext, Segmentation
+    from eit_manifold.pipelines.ktc import ReconstructionContext
 
     cal, ref, model = _small_tank()
     basis = pixel_basis(model, 16)
     res = model.solve(np.full(model.n_cells, cal.sigma))
     ctx = ReconstructionContext(model, cal, ref, basis, jacobian_in_basis(model, res, basis.matrix),
                                 noise_std(ref.data))
+    change = (model.measurements(np.full(model.n_cells, 0.9 * cal.sigma)) - res.measurements).ravel()
+    return ctx, change
+
+
+def test_segmenter_inputs_are_linear_reconstructions_with_weaker_priors():
+    from eit_manifold.pipelines.ktc import linear_images, segmenter_inputs
+
+    ctx, change = _small_context()
+    rng = np.random.default_rng(0)
+    changes = np.stack([change, change + 0.01 * np.abs(change).max() * rng.standard_normal(change.size)], axis=1)
+    inputs = segmenter_inputs(ctx, changes, [1.0, 3.0, 30.0])
+    assert inputs.shape == (2, 3, 16, 16)
+    np.testing.assert_allclose(inputs[:, 0], linear_images(ctx, changes) / ctx.sigma0)
+    # A weaker prior fits the data better: the weighted misfit falls as the prior's std grows.
+    for k in range(2):
+        misfits = []
+        for c in range(3):
+            pixels = inputs[k, c].ravel()[ctx.basis.active] * ctx.sigma0
+            misfits.append(np.linalg.norm((ctx.jacobian @ pixels - changes[:, k]) / ctx.std))
+        assert misfits[0] > misfits[1] > misfits[2]
+    for bad in ([], [1.0, 0.0], [float("nan")]):
+        with pytest.raises(ValueError, match="prior scales"):
+            segmenter_inputs(ctx, changes, bad)
+
+
+def test_multichannel_segmenter_round_trip_and_shapes(tmp_path):
+    torch.manual_seed(0)
+    net = SegmenterNet(width=4, size=16, channels=3).eval()
+    net.input_scale.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    save_segmenter(net, tmp_path / "net", {"prior_scales": [1, 3, 10]})
+    loaded, meta = load_segmenter(tmp_path / "net")
+    assert meta["channels"] == 3 and loaded.channels == 3
+    assert torch.equal(loaded.input_scale, torch.tensor([1.0, 2.0, 3.0]))
+    x = np.random.default_rng(1).standard_normal((5, 3, 12, 12)).astype(np.float32)
+    labels, prob = predict(loaded, x, out_size=32)
+    assert labels.shape == (5, 32, 32) and prob.shape == (5, 3, 32, 32)
+    one, _ = predict(loaded, x[2], out_size=32)
+    np.testing.assert_array_equal(one, labels[2])
+    # the channels are used: changing the third one changes the output
+    y = x.copy()
+    y[:, 2] *= -5
+    assert not np.allclose(predict(loaded, y, out_size=32)[1], prob)
+    with pytest.raises(ValueError, match=r"\(k, 3, h, w\)"):
+        predict(loaded, x[:, :2])
+    with pytest.raises(ValueError, match=r"\(B, 3, h, w\)"):
+        loaded(torch.zeros(1, 12, 12))
+    with pytest.raises(ValueError, match="channels >= 1"):
+        SegmenterNet(width=4, size=16, channels=0)
+
+
+def test_networks_saved_before_channels_still_load(tmp_path):
+    """A network saved with a scalar ``input_scale`` and no ``channels`` entry is a 1-channel network."""
+    from eit_manifold.manifold.checkpoint import file_sha256
+
+    torch.manual_seed(0)
+    net = SegmenterNet(width=4, size=16).eval()
+    net.input_scale.fill_(2.5)
+    save_segmenter(net, tmp_path / "old", {})
+    state = net.state_dict()
+    state["input_scale"] = torch.tensor(2.5)
+    torch.save(state, tmp_path / "old" / "segmenter.pt")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    cfg.pop("channels")
+    cfg["sha256"] = file_sha256(tmp_path / "old" / "segmenter.pt")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded, _ = load_segmenter(tmp_path / "old")
+    assert loaded.channels == 1 and torch.equal(loaded.input_scale, torch.tensor([2.5]))
+    x = torch.randn(2, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+
+
+def test_learned_method_checks_its_network_against_the_run(tmp_path):
+    from eit_manifold.pipelines.ktc import METHODS, Segmentation
+
+    ctx, change = _small_context()
+    cal, ref = ctx.calibration, ctx.reference
     net = SegmenterNet(width=4, size=16).eval()
     meta = {"level": 1, "grid": 16, "patterns": ref.patterns.tolist(), "measurements": ref.measurements.tolist(),
             "sigma0": cal.sigma}
     save_segmenter(net, tmp_path / "ok", meta)
     ctx.cache["segmenter_path"] = str(tmp_path / "ok")
-    change = (model.measurements(np.full(model.n_cells, 0.9 * cal.sigma)) - res.measurements).ravel()
     out = METHODS["learned"](ctx, change)
     assert isinstance(out, Segmentation) and out.labels.shape == (256, 256) and out.image.shape == (16, 16)
-    for bad, match in [({"patterns": [0]}, "level"), ({"grid": 48}, "grid"), ({"sigma0": 2 * cal.sigma}, "water")]:
-        save_segmenter(net, tmp_path / "bad", {**meta, **bad})
+    # a two-channel network gets the reconstructions at its own prior scales
+    save_segmenter(SegmenterNet(width=4, size=16, channels=2).eval(), tmp_path / "two",
+                   {**meta, "prior_scales": [1.0, 10.0]})
+    ctx.cache.pop("segmenter")
+    ctx.cache["segmenter_path"] = str(tmp_path / "two")
+    assert METHODS["learned"](ctx, change).labels.shape == (256, 256)
+    for bad, match in [({"patterns": [0]}, "level"), ({"grid": 48}, "grid"), ({"sigma0": 2 * cal.sigma}, "water"),
+                       ({"prior_scales": [1.0]}, "prior scales")]:
+        save_segmenter(SegmenterNet(width=4, size=16, channels=2).eval(), tmp_path / "bad",
+                       {**meta, "prior_scales": [1.0, 10.0], **bad})
         ctx.cache.pop("segmenter", None)
         ctx.cache["segmenter_path"] = str(tmp_path / "bad")
         with pytest.raises(ValueError, match=match):

@@ -14,7 +14,7 @@ def ktc_command(
     data_dir: Path = typer.Argument(..., help="Directory with ref.mat and data*.mat (KTC2023 format)."),
     method: str = typer.Option(
         "tv", help="Reconstruction method: linear (organisers' baseline), tv, absolute (Gauss-Newton on the case's "
-        "own data), atlas (Riemannian descent on the bundled ktc atlas), or learned (the linear reconstruction "
+        "own data), atlas (Riemannian descent on the bundled ktc atlas), or learned (linear reconstructions "
         "segmented by a U-Net trained on simulations, see ktc-train)."),
     out: Path = typer.Option(Path("results/ktc"), help="Output directory: dataK.npy, dataK.png, scores."),
     truth: Path = typer.Option(None, help="Directory with trueK.mat ground truths (writes a score table)."),
@@ -70,6 +70,9 @@ def ktc_train_command(
     n_val: int = typer.Option(300, help="Simulated validation phantoms."),
     epochs: int = typer.Option(20, help="Training epochs."),
     width: int = typer.Option(16, help="Channels of the U-Net's first level."),
+    prior_scales: str = typer.Option(
+        None, help="Input channels: the linear reconstruction with the prior's standard deviation multiplied by "
+        "each of these comma-separated factors (1 = the linear method) [default: 1,10,100]."),
     seed: int = typer.Option(0, help="Random seed (phantoms, noise, initialisation, batch order)."),
 ) -> None:
     """Train the network of --method learned on simulated phantoms; resumes an interrupted run in OUT."""
@@ -77,9 +80,15 @@ def ktc_train_command(
     from eit_manifold.pipelines.ktc_segmenter import SegmenterRunConfig, train_ktc_segmenter
 
     check_level(level)
+    options = {}
+    if prior_scales is not None:
+        try:
+            options["prior_scales"] = tuple(float(s) for s in prior_scales.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--prior-scales must be comma-separated numbers, got {prior_scales!r}") from None
     summary = train_ktc_segmenter(SegmenterRunConfig(
         data_dir=str(data_dir), out=str(out), level=level, grid=grid, n_train=n_train, n_val=n_val, epochs=epochs,
-        width=width, seed=seed))
+        width=width, seed=seed, **options))
     v = summary["validation"]
     typer.echo(f"validation score (simulated, {n_val} phantoms): learned {v['learned']['mean']:.3f}, "
                f"linear + Otsu {v['linear']['mean']:.3f}")

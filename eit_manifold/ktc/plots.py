@@ -58,7 +58,7 @@ def plot_segmenter_validation(path: str | os.PathLike, net, data: dict, scores: 
     ext = (-RADIUS, RADIUS, -RADIUS, RADIUS)
     labels, _ = predict(net, data["val_inputs"][:n], min_pixels=MIN_COMPONENT_PIXELS)
     for j in range(n):
-        image = data["val_inputs"][j]
+        image = data["val_linear"][j]
         vmax = float(np.max(np.abs(image))) or 1.0
         axes[0, j].imshow(image, extent=ext, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         axes[1, j].imshow(labels[j], extent=ext, cmap=CLASS_COLOURS, vmin=0, vmax=2, interpolation="nearest")

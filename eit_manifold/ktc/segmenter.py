@@ -1,10 +1,12 @@
 """Learned segmentation of linearised KTC reconstructions (a small U-Net), trained on simulations.
 
-The network maps a linearised difference reconstruction (any ``h x w`` image on [-R, R]^2, divided
-by the water conductivity) to class logits (water, resistive, conductive) on a 64 x 64 grid; the
+The network maps linearised difference reconstructions (``channels`` images of any ``h x w`` on
+[-R, R]^2, divided by the water conductivity, e.g. the same data reconstructed with several
+regularisation strengths) to class logits (water, resistive, conductive) on a 64 x 64 grid; the
 logits are resampled bilinearly to the 256 x 256 truth grid and the most likely class wins. Inputs
-are resampled to 64 x 64 first and carry two coordinate channels (x, y), because the sensitivity
-of EIT, and so the look of a target, depends on where it is.
+are resampled to 64 x 64 first, each channel scaled by its own training rms, and two coordinate
+channels (x, y) are added, because the sensitivity of EIT, and so the look of a target, depends on
+where it is.
 
 Training (:func:`train_segmenter`): cross-entropy plus a soft Dice loss of the two target classes
 (targets cover a few per cent of the image), Adam with a cosine learning-rate decay, a checkpoint
@@ -51,7 +53,7 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class SegmenterNet(nn.Module):
-    """U-Net with three poolings: (B, h, w) reconstructions -> (B, 3, size, size) class logits.
+    """U-Net with three poolings: (B, C, h, w) reconstructions -> (B, 3, size, size) class logits.
 
     Parameters
     ----------
@@ -59,15 +61,18 @@ class SegmenterNet(nn.Module):
         Channels of the first level (doubled at each pooling).
     size : int
         Side of the working grid and of the output (a multiple of 8).
+    channels : int
+        Input images per sample (``C``); with one, inputs may also be given as (B, h, w).
     """
 
-    def __init__(self, width: int = 16, size: int = 64):
+    def __init__(self, width: int = 16, size: int = 64, channels: int = 1):
         super().__init__()
-        if width < 1 or size < 8 or size % 8:
-            raise ValueError(f"need width >= 1 and size a positive multiple of 8, got width={width}, size={size}")
-        self.width, self.size = int(width), int(size)
+        if width < 1 or size < 8 or size % 8 or channels < 1:
+            raise ValueError(f"need width >= 1, size a positive multiple of 8 and channels >= 1, got width={width}, "
+                             f"size={size}, channels={channels}")
+        self.width, self.size, self.channels = int(width), int(size), int(channels)
         w = self.width
-        self.encoders = nn.ModuleList([_block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w)])
+        self.encoders = nn.ModuleList([_block(self.channels + 2, w), _block(w, 2 * w), _block(2 * w, 4 * w)])
         self.bottleneck = _block(4 * w, 8 * w)
         self.ups = nn.ModuleList([nn.ConvTranspose2d(c, c // 2, 2, stride=2) for c in (8 * w, 4 * w, 2 * w)])
         self.decoders = nn.ModuleList([_block(8 * w, 4 * w), _block(4 * w, 2 * w), _block(2 * w, w)])
@@ -75,12 +80,14 @@ class SegmenterNet(nn.Module):
         c = (torch.arange(size) + 0.5) / size * 2 - 1
         y, x = torch.meshgrid(-c, c, indexing="ij")  # row 0 at the top (y = +1)
         self.register_buffer("coords", torch.stack([x, y]))
-        self.register_buffer("input_scale", torch.tensor(1.0))
+        self.register_buffer("input_scale", torch.ones(self.channels))  # per channel, set by training
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if image.ndim != 3:
-            raise ValueError(f"expected images of shape (B, h, w), got {tuple(image.shape)}")
-        x = F.interpolate(image[:, None] * self.input_scale, size=(self.size, self.size), mode="bilinear",
+        if image.ndim == 3 and self.channels == 1:
+            image = image[:, None]
+        if image.ndim != 4 or image.shape[1] != self.channels:
+            raise ValueError(f"expected images of shape (B, {self.channels}, h, w), got {tuple(image.shape)}")
+        x = F.interpolate(image * self.input_scale[:, None, None], size=(self.size, self.size), mode="bilinear",
                           align_corners=False)
         x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], dim=1)
         skips = []
@@ -120,9 +127,14 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return ce + (1.0 - dice.mean())
 
 
+def _as_channels(inputs: np.ndarray) -> np.ndarray:
+    """Training inputs as (n, C, h, w): (n, h, w) is one channel."""
+    return inputs[:, None] if inputs.ndim == 3 else inputs
+
+
 def _check_pairs(inputs: np.ndarray, labels: np.ndarray, size: int) -> None:
-    if inputs.ndim != 3 or labels.ndim != 3 or len(inputs) != len(labels) or len(inputs) == 0:
-        raise ValueError(f"need inputs (n, h, w) and labels (n, s, s) with the same n > 0, got "
+    if inputs.ndim not in (3, 4) or labels.ndim != 3 or len(inputs) != len(labels) or len(inputs) == 0:
+        raise ValueError(f"need inputs (n, h, w) or (n, C, h, w) and labels (n, s, s) with the same n > 0, got "
                          f"{inputs.shape} and {labels.shape}")
     if labels.shape[1:] != (size, size):
         raise ValueError(f"labels must be {size} x {size} (the network's grid), got {labels.shape[1:]}")
@@ -144,8 +156,8 @@ def train_segmenter(
 
     Parameters
     ----------
-    inputs : array (n, h, w)
-        Reconstructions divided by the water conductivity.
+    inputs : array (n, h, w) or (n, C, h, w)
+        Reconstructions divided by the water conductivity (``C`` of them per sample).
     labels : array (n, size, size)
         Classes 0/1/2 on the network's grid.
     config : TrainConfig
@@ -159,10 +171,12 @@ def train_segmenter(
         The network (eval mode) and the mean training loss of every epoch.
     """
     _check_pairs(inputs, labels, config.size)
+    inputs = _as_channels(inputs)
     torch.manual_seed(config.seed)
-    net = SegmenterNet(config.width, config.size)
-    # One input scale for all: the inputs' rms, so the first layer sees values of order one.
-    net.input_scale.fill_(1.0 / max(float(np.sqrt(np.mean(inputs.astype(np.float64) ** 2))), 1e-12))
+    net = SegmenterNet(config.width, config.size, inputs.shape[1])
+    # One scale per channel, 1 / its rms over the training set: the first layer sees values of order one.
+    rms = np.sqrt(np.mean(inputs.astype(np.float64) ** 2, axis=(0, 2, 3)))
+    net.input_scale.copy_(torch.from_numpy(1.0 / np.maximum(rms, 1e-12)))
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     steps_per_epoch = math.ceil(len(inputs) / config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
@@ -210,7 +224,7 @@ def predict(
 
     Parameters
     ----------
-    images : array (k, h, w) or (h, w)
+    images : array (k, C, h, w) or (C, h, w); with one channel also (k, h, w) or (h, w)
         Reconstructions divided by the water conductivity.
     out_size : int
         Side of the output grid (the logits are resampled bilinearly to it).
@@ -221,15 +235,18 @@ def predict(
 
     Returns
     -------
-    labels : array (k, out_size, out_size) uint8 (or 2-D for one image)
+    labels : array (k, out_size, out_size) uint8 (or 2-D for one sample)
         Most likely class; 0 outside the tank's disk.
     probabilities : array (k, 3, out_size, out_size) float32 (or 3-D)
     """
     arr = np.asarray(images, dtype=np.float32)
-    single = arr.ndim == 2
+    if net.channels == 1 and arr.ndim in (2, 3):
+        arr = arr[..., None, :, :]
+    single = arr.ndim == 3
     arr = arr[None] if single else arr
-    if arr.ndim != 3 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"images must be finite, of shape (k, h, w) or (h, w), got {np.shape(images)}")
+    if arr.ndim != 4 or arr.shape[1] != net.channels or not np.all(np.isfinite(arr)):
+        raise ValueError(f"images must be finite, of shape (k, {net.channels}, h, w) or ({net.channels}, h, w), "
+                         f"got {np.shape(images)}")
     net.eval()
     probs = []
     for start in range(0, len(arr), batch_size):
@@ -252,7 +269,7 @@ def save_segmenter(net: SegmenterNet, directory: str | os.PathLike, meta: dict) 
     weights = directory / WEIGHTS_FILE
     torch_save_atomic(net.state_dict(), weights)
     write_json(directory / CONFIG_FILE, {"format": SEGMENTER_FORMAT, "width": net.width, "size": net.size,
-                                         "sha256": file_sha256(weights), **meta})
+                                         "channels": net.channels, "sha256": file_sha256(weights), **meta})
     return directory
 
 
@@ -266,7 +283,7 @@ def load_segmenter(directory: str | os.PathLike) -> tuple[SegmenterNet, dict]:
     if not isinstance(config, dict) or config.get("format") != SEGMENTER_FORMAT:
         raise ValueError(f"{config_path} is not a KTC segmenter ({SEGMENTER_FORMAT})")
     try:
-        net = SegmenterNet(int(config["width"]), int(config["size"]))
+        net = SegmenterNet(int(config["width"]), int(config["size"]), int(config.get("channels", 1)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{config_path}: bad architecture entry: {exc}") from exc
     if not weights.is_file():
@@ -274,6 +291,8 @@ def load_segmenter(directory: str | os.PathLike) -> tuple[SegmenterNet, dict]:
     if config.get("sha256") != file_sha256(weights):
         raise ValueError(f"{weights} is corrupt or does not belong to {config_path} (hash mismatch)")
     state = torch_load_checked(weights)
+    if isinstance(state, dict) and getattr(state.get("input_scale"), "ndim", None) == 0:
+        state["input_scale"] = state["input_scale"].reshape(1)  # networks saved before per-channel scales
     validate_state_dict(net, state, str(weights))
     net.load_state_dict(state)
     return net.eval(), config

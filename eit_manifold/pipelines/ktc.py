@@ -20,15 +20,15 @@ Regularisation rules (one setting for every case and level, never tuned per case
   ``sigma = sigma0 exp(ln(10) x)`` (:mod:`eit_manifold.ktc.atlas_method`).
 * ``absolute``: absolute imaging from ``U = U_ref + change`` with the calibrated model plus channel
   offsets, the ``linear`` method's prior and noise model, :data:`ABSOLUTE_ITERATIONS` Gauss-Newton steps.
-* ``learned``: the ``linear`` reconstruction segmented by a U-Net trained on simulated phantoms of
-  the calibrated tank (:mod:`eit_manifold.pipelines.ktc_segmenter`); it returns a
+* ``learned``: ``linear`` reconstructions (several prior strengths) segmented by a U-Net trained on
+  simulated phantoms of the calibrated tank (:mod:`eit_manifold.pipelines.ktc_segmenter`); it returns a
   :class:`Segmentation` instead of a change image, so the Otsu rule is not applied.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,15 +118,32 @@ def _prior(ctx: ReconstructionContext) -> np.ndarray:
     return ctx.cache["prior"]
 
 
-def _linear_solution(ctx: ReconstructionContext, change: np.ndarray) -> np.ndarray:
-    """Pixel coefficients of the ``linear`` method (one change (P*M,) or several as columns)."""
-    return tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx))
+def _linear_solution(ctx: ReconstructionContext, change: np.ndarray, prior_scale: float = 1.0) -> np.ndarray:
+    """Pixel coefficients of the ``linear`` method (one change (P*M,) or several as columns);
+    ``prior_scale`` multiplies the prior's standard deviation (> 1: weaker regularisation)."""
+    return tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx) / prior_scale)
 
 
-def linear_images(ctx: ReconstructionContext, changes: np.ndarray) -> np.ndarray:
-    """``linear`` reconstructions (k, H, W) of data changes given as columns (P*M, k)."""
-    x = _linear_solution(ctx, np.asarray(changes, dtype=float).reshape(ctx.jacobian.shape[0], -1))
+def linear_images(ctx: ReconstructionContext, changes: np.ndarray, prior_scale: float = 1.0) -> np.ndarray:
+    """``linear`` reconstructions (k, H, W) of data changes given as columns (P*M, k), the prior's
+    standard deviation multiplied by ``prior_scale``."""
+    x = _linear_solution(ctx, np.asarray(changes, dtype=float).reshape(ctx.jacobian.shape[0], -1), prior_scale)
     return np.stack([ctx.basis.to_image(col) for col in x.T])
+
+
+def segmenter_inputs(ctx: ReconstructionContext, changes: np.ndarray, prior_scales: Sequence[float]) -> np.ndarray:
+    """Inputs (k, C, H, W) of the learned segmenter for data changes given as columns (P*M, k): the
+    ``linear`` reconstructions with the prior's standard deviation multiplied by each of the ``C``
+    ``prior_scales``, divided by the water conductivity."""
+    return np.stack([linear_images(ctx, changes, s) for s in check_prior_scales(prior_scales)], axis=1) / ctx.sigma0
+
+
+def check_prior_scales(prior_scales: Sequence[float]) -> tuple[float, ...]:
+    """``prior_scales`` as a tuple of floats; ``ValueError`` unless non-empty, finite and positive."""
+    scales = tuple(float(s) for s in prior_scales)
+    if not scales or not all(np.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"prior scales must be a non-empty list of positive numbers, got {list(prior_scales)}")
+    return scales
 
 
 def _tv_solution(ctx: ReconstructionContext, change: np.ndarray, x0: np.ndarray) -> np.ndarray:
@@ -241,8 +258,9 @@ class Segmentation:
     image: np.ndarray
 
 
-def _segmenter(ctx: ReconstructionContext) -> SegmenterNet:
-    """The learned segmenter (bundled, or ``ctx.cache["segmenter_path"]``), checked against ``ctx``."""
+def _segmenter(ctx: ReconstructionContext) -> tuple[SegmenterNet, dict]:
+    """The learned segmenter (bundled, or ``ctx.cache["segmenter_path"]``) and its metadata, checked
+    against ``ctx``."""
     if "segmenter" not in ctx.cache:
         from eit_manifold.ktc.segmenter import load_segmenter
 
@@ -259,19 +277,27 @@ def _segmenter(ctx: ReconstructionContext) -> SegmenterNet:
         if not abs(meta.get("sigma0", np.nan) / ctx.sigma0 - 1) <= SEGMENTER_SIGMA_TOLERANCE:
             raise ValueError(f"segmenter {path} was trained for water conductivity {meta.get('sigma0')}, this "
                              f"reference calibrates to {ctx.sigma0:.4g}; {hint}")
-        ctx.cache["segmenter"] = net
+        scales = meta.get("prior_scales", [1.0])  # networks before multi-channel inputs: the linear method's
+        if len(scales) != net.channels:
+            raise ValueError(f"segmenter {path} has {net.channels} input channel(s) but {len(scales)} prior scales "
+                             f"{scales} in its config.json")
+        meta = {**meta, "prior_scales": check_prior_scales(scales)}
+        ctx.cache["segmenter"] = net, meta
     return ctx.cache["segmenter"]
 
 
 def learned_method(ctx: ReconstructionContext, change: np.ndarray) -> Segmentation:
-    """The ``linear`` reconstruction segmented by the learned U-Net (:mod:`eit_manifold.ktc.segmenter`)
-    trained on simulated phantoms for this tank (:mod:`eit_manifold.pipelines.ktc_segmenter`); target
-    components smaller than :data:`~eit_manifold.ktc.segmentation.MIN_COMPONENT_PIXELS` become water."""
+    """``linear`` reconstructions (the network's ``prior_scales``, :func:`segmenter_inputs`) segmented
+    by the learned U-Net (:mod:`eit_manifold.ktc.segmenter`) trained on simulated phantoms for this
+    tank (:mod:`eit_manifold.pipelines.ktc_segmenter`); target components smaller than
+    :data:`~eit_manifold.ktc.segmentation.MIN_COMPONENT_PIXELS` become water. The image shown
+    beside the classes is the ``linear`` method's."""
     from eit_manifold.ktc.segmenter import predict
 
-    image = linear_images(ctx, change)[0]
-    labels, _ = predict(_segmenter(ctx), image / ctx.sigma0, out_size=IMAGE_SHAPE[0], min_pixels=MIN_COMPONENT_PIXELS)
-    return Segmentation(labels, image)
+    net, meta = _segmenter(ctx)
+    inputs = segmenter_inputs(ctx, change, meta["prior_scales"])  # a batch of one: (1, C, H, W)
+    labels, _ = predict(net, inputs, out_size=IMAGE_SHAPE[0], min_pixels=MIN_COMPONENT_PIXELS)
+    return Segmentation(labels[0], linear_method(ctx, change))
 
 
 register_method("linear", linear_method)

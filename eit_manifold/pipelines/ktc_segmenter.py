@@ -3,9 +3,10 @@
 ``train_ktc_segmenter`` calibrates on ``ref.mat`` at the requested level (the same calibration and
 linearisation as ``eit-manifold ktc``), simulates training and validation pairs (phantoms on a
 finer mesh than the linearisation's, :mod:`eit_manifold.ktc.simulation`), trains the U-Net of
-:mod:`eit_manifold.ktc.segmenter` on the ``linear`` method's reconstructions, and scores it
+:mod:`eit_manifold.ktc.segmenter` on ``linear`` reconstructions with several prior strengths
+(:func:`~eit_manifold.pipelines.ktc.segmenter_inputs`), and scores it
 against the ``linear`` method + Otsu rule on the validation phantoms with the challenge's score.
-The simulated pairs (``simulation.npz``) and a per-epoch checkpoint are kept in the output
+The simulated data changes and classes (``simulation.npz``) and a per-epoch checkpoint are kept in the output
 directory, so an interrupted run resumes without simulating again. Nothing here reads the
 targets' data files or truths: the network only ever sees simulations.
 """
@@ -24,15 +25,32 @@ from eit_manifold.ktc.score import class_scores
 from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
 from eit_manifold.ktc.segmenter import SegmenterNet, TrainConfig, predict, save_segmenter, train_segmenter
 from eit_manifold.ktc.simulation import SimulationConfig, simulate_pairs
-from eit_manifold.pipelines.ktc import ReconstructionContext, build_context, linear_images, resample, truth_grid
+from eit_manifold.pipelines.ktc import (
+    ReconstructionContext,
+    build_context,
+    check_prior_scales,
+    linear_images,
+    resample,
+    segmenter_inputs,
+    truth_grid,
+)
 
 SIMULATION_FILE = "simulation.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+DEFAULT_PRIOR_SCALES = (1.0, 10.0, 100.0)
+
+
 @dataclass(frozen=True)
 class SegmenterRunConfig:
-    """Options of :func:`train_ktc_segmenter`."""
+    """Options of :func:`train_ktc_segmenter`.
+
+    ``prior_scales``: the network's input channels are the ``linear`` reconstruction with the
+    prior's standard deviation multiplied by each of these (1: the organisers' prior; larger:
+    weaker regularisation, sharper and noisier images), so the network sees more of what the data
+    resolve than one fixed regularisation keeps.
+    """
 
     data_dir: str
     out: str
@@ -42,15 +60,21 @@ class SegmenterRunConfig:
     n_val: int = 300
     epochs: int = 20
     width: int = 16
+    prior_scales: tuple[float, ...] = DEFAULT_PRIOR_SCALES
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prior_scales", check_prior_scales(self.prior_scales))
 
 
 def _simulate(
     ctx: ReconstructionContext, cfg: SegmenterRunConfig, sim: SimulationConfig, path: Path
 ) -> dict[str, np.ndarray]:
-    """The simulated pairs: read from ``path`` when it was written with the same settings."""
-    key = {"level": cfg.level, "grid": cfg.grid, "n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
+    """The simulated data changes and classes: read from ``path`` when it was written with the same
+    settings (the reconstructions are made from the changes afterwards, so any grid or prior scales
+    reuse one simulation)."""
+    key = {"format": 2, "level": cfg.level, "n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
            "simulation": asdict(sim), "sigma0": ctx.sigma0}
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
@@ -58,31 +82,34 @@ def _simulate(
         if str(stored.get("key")) == repr(key):
             return stored
 
-    def reconstruct(changes: np.ndarray) -> np.ndarray:
-        return linear_images(ctx, changes) / ctx.sigma0
+    def no_reconstruction(changes: np.ndarray) -> np.ndarray:
+        return np.zeros((changes.shape[1], 1, 1))
 
-    train = simulate_pairs(ctx.calibration, ctx.reference, reconstruct, cfg.n_train,
+    train = simulate_pairs(ctx.calibration, ctx.reference, no_reconstruction, cfg.n_train,
                            np.random.default_rng([cfg.seed, 0]), sim, progress=cfg.progress)
-    val = simulate_pairs(ctx.calibration, ctx.reference, reconstruct, cfg.n_val,
+    val = simulate_pairs(ctx.calibration, ctx.reference, no_reconstruction, cfg.n_val,
                          np.random.default_rng([cfg.seed, 1]), sim, truth_size=256, progress=cfg.progress)
-    data = {"key": np.array(repr(key)), "train_inputs": train["inputs"], "train_labels": train["labels"],
-            "val_inputs": val["inputs"], "val_labels": val["labels"], "val_truths": val["truths"],
+    data = {"key": np.array(repr(key)), "train_changes": train["changes"], "train_labels": train["labels"],
+            "val_changes": val["changes"], "val_labels": val["labels"], "val_truths": val["truths"],
             "val_noise": val["noise"]}
     save_npz_atomic(path, **data)
     return data
 
 
-def validation_scores(net: SegmenterNet, inputs: np.ndarray, truths: np.ndarray) -> dict[str, np.ndarray]:
-    """Challenge scores of the network and of the ``linear`` + Otsu rule on simulated pairs."""
+def validation_scores(
+    net: SegmenterNet, inputs: np.ndarray, truths: np.ndarray, linear: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Challenge scores of the network (on ``inputs``) and of the ``linear`` + Otsu rule (on the
+    ``linear`` images) on simulated pairs."""
     _, _, inside = truth_grid()
     labels, _ = predict(net, inputs, min_pixels=MIN_COMPONENT_PIXELS)  # as the ``learned`` method runs
-    learned, linear = [], []
-    for image, truth, label in zip(inputs, truths, labels, strict=True):
+    learned, baseline = [], []
+    for image, truth, label in zip(linear, truths, labels, strict=True):
         s = class_scores(truth, label)
         learned.append(0.5 * (s[1] + s[2]))
         s = class_scores(truth, segment(resample(image), inside))
-        linear.append(0.5 * (s[1] + s[2]))
-    return {"learned": np.array(learned), "linear": np.array(linear)}
+        baseline.append(0.5 * (s[1] + s[2]))
+    return {"learned": np.array(learned), "linear": np.array(baseline)}
 
 
 def train_ktc_segmenter(cfg: SegmenterRunConfig) -> dict:
@@ -102,15 +129,19 @@ def train_ktc_segmenter(cfg: SegmenterRunConfig) -> dict:
     t_cal = time.perf_counter() - t0
     sim = SimulationConfig()
     data = _simulate(ctx, cfg, sim, out / SIMULATION_FILE)
+    for part in ("train", "val"):
+        data[f"{part}_inputs"] = segmenter_inputs(ctx, data[f"{part}_changes"].T, cfg.prior_scales).astype(np.float32)
+    data["val_linear"] = linear_images(ctx, data["val_changes"].T) / ctx.sigma0
     t_sim = time.perf_counter() - t0 - t_cal
     train_cfg = TrainConfig(epochs=cfg.epochs, width=cfg.width, seed=cfg.seed)
     net, history = train_segmenter(data["train_inputs"], data["train_labels"], train_cfg,
                                    checkpoint=out / CHECKPOINT_FILE, progress=cfg.progress)
     t_train = time.perf_counter() - t0 - t_cal - t_sim
-    scores = validation_scores(net, data["val_inputs"], data["val_truths"])
+    scores = validation_scores(net, data["val_inputs"], data["val_truths"], data["val_linear"])
     meta = {
         "level": cfg.level, "grid": cfg.grid, "patterns": reference.patterns.tolist(),
         "measurements": reference.measurements.tolist(), "sigma0": ctx.sigma0,
+        "prior_scales": list(cfg.prior_scales),
         "calibration_residual": ctx.calibration.residual, "simulation": asdict(sim), "training": asdict(train_cfg),
         "n_train": cfg.n_train, "n_val": cfg.n_val, "loss": history,
         "validation": {k: {"mean": float(v.mean()), "std": float(v.std())} for k, v in scores.items()},
