@@ -233,6 +233,13 @@ def test_segmenter_inputs_are_linear_reconstructions_with_weaker_priors():
     inputs = segmenter_inputs(ctx, changes, [1.0, 3.0, 30.0])
     assert inputs.shape == (2, 3, 16, 16)
     np.testing.assert_allclose(inputs[:, 0], linear_images(ctx, changes) / ctx.sigma0)
+    # the cached linear map gives the MAP estimate with the prior's std times the scale
+    from eit_manifold.baselines.eit_linear import tikhonov_solve
+    from eit_manifold.pipelines.ktc import _prior
+
+    direct = tikhonov_solve(ctx.jacobian, changes, ctx.std, _prior(ctx) / 30.0) / ctx.sigma0
+    np.testing.assert_allclose(inputs[:, 2].reshape(2, -1)[:, ctx.basis.active], direct.T, rtol=1e-7,
+                               atol=1e-9 * np.abs(direct).max())
     # A weaker prior fits the data better: the weighted misfit falls as the prior's std grows.
     for k in range(2):
         misfits = []
@@ -330,6 +337,7 @@ def test_bundled_segmenter_loads_and_matches_level_one():
     assert meta["patterns"] == ref.patterns.tolist() and meta["measurements"] == ref.measurements.tolist()
     # on its own simulated validation set it beat the linear method + Otsu rule
     assert meta["validation"]["learned"]["mean"] > meta["validation"]["linear"]["mean"]
-    labels, _ = predict(net, np.zeros((48, 48)))
+    assert len(meta["prior_scales"]) == net.channels and meta["prior_scales"][0] == 1.0
+    labels, _ = predict(net, np.zeros((net.channels, 48, 48)))
     assert labels.shape == (256, 256)
 

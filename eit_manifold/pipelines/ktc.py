@@ -121,7 +121,12 @@ def _prior(ctx: ReconstructionContext) -> np.ndarray:
 def _linear_solution(ctx: ReconstructionContext, change: np.ndarray, prior_scale: float = 1.0) -> np.ndarray:
     """Pixel coefficients of the ``linear`` method (one change (P*M,) or several as columns);
     ``prior_scale`` multiplies the prior's standard deviation (> 1: weaker regularisation)."""
-    return tikhonov_solve(ctx.jacobian, change, ctx.std, _prior(ctx) / prior_scale)
+    key = ("linear_map", float(prior_scale))
+    if key not in ctx.cache:
+        # The MAP estimate is linear in the data: one solve for the whole map, then every case
+        # (and every simulated training sample) is a matrix product.
+        ctx.cache[key] = tikhonov_solve(ctx.jacobian, np.eye(ctx.jacobian.shape[0]), ctx.std, _prior(ctx) / prior_scale)
+    return ctx.cache[key] @ change
 
 
 def linear_images(ctx: ReconstructionContext, changes: np.ndarray, prior_scale: float = 1.0) -> np.ndarray:
