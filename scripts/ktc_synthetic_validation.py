@@ -31,7 +31,7 @@ def main() -> None:
     from eit_manifold.ktc.data import read_ktc
     from eit_manifold.ktc.score import class_scores
     from eit_manifold.ktc.simulation import simulate_pairs
-    from eit_manifold.pipelines.ktc import METHODS, build_context, image_and_segmentation, linear_images
+    from eit_manifold.pipelines.ktc import METHODS, build_context, image_and_segmentation
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path)
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ctx = build_context(read_ktc(args.data_dir / "ref.mat", 1), 48)
-    sim = simulate_pairs(ctx.calibration, ctx.reference, lambda ch: linear_images(ctx, ch) / ctx.sigma0, args.n,
+    sim = simulate_pairs(ctx.calibration, ctx.reference, None, args.n,
                          np.random.default_rng([args.seed, 2]), truth_size=256, progress=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for i in range(args.start, args.stop if args.stop is not None else args.n):

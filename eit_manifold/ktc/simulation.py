@@ -64,7 +64,7 @@ class SimulationConfig:
 def simulate_pairs(
     calibration: Calibration,
     reference: KTCMeasurement,
-    reconstruct: Callable[[np.ndarray], np.ndarray],
+    reconstruct: Callable[[np.ndarray], np.ndarray] | None,
     n: int,
     rng: np.random.Generator,
     config: SimulationConfig = SimulationConfig(),
@@ -79,8 +79,9 @@ def simulate_pairs(
         The calibrated tank (geometry, impedances, current convention, water conductivity).
     reference : KTCMeasurement
         The reference measurement on the kept set (its patterns/measurements are simulated).
-    reconstruct : callable
-        Maps data changes (P*M, k) to images (k, H, W).
+    reconstruct : callable or None
+        Maps data changes (P*M, k) to images (k, H, W); None: no ``inputs`` (the caller
+        reconstructs the returned ``changes`` later).
     n : int
         Number of samples.
     rng : numpy Generator
@@ -91,8 +92,8 @@ def simulate_pairs(
     Returns
     -------
     dict
-        ``inputs`` (n, H, W) float32, ``labels`` (n, s, s) uint8, ``changes`` (n, P*M) float32,
-        ``noise`` (n,), and ``truths`` when asked for.
+        ``inputs`` (n, H, W) float32 (with ``reconstruct``), ``labels`` (n, s, s) uint8,
+        ``changes`` (n, P*M) float32, ``noise`` (n,), and ``truths`` when asked for.
     """
     if int(n) != n or n < 1:
         raise ValueError(f"number of samples must be a positive integer, got {n!r}")
@@ -119,10 +120,11 @@ def simulate_pairs(
         labels[i] = label_image(targets, config.label_size)
         if truths is not None:
             truths[i] = label_image(targets, truth_size)
-    out = {"inputs": np.asarray(reconstruct(changes.T), dtype=np.float32), "labels": labels,
-           "changes": changes.astype(np.float32), "noise": etas}
-    if out["inputs"].shape[0] != n:
-        raise ValueError(f"reconstruct returned {out['inputs'].shape[0]} images for {n} data changes")
+    out = {"labels": labels, "changes": changes.astype(np.float32), "noise": etas}
+    if reconstruct is not None:
+        out["inputs"] = np.asarray(reconstruct(changes.T), dtype=np.float32)
+        if out["inputs"].shape[0] != n:
+            raise ValueError(f"reconstruct returned {out['inputs'].shape[0]} images for {n} data changes")
     if truths is not None:
         out["truths"] = truths
     return out

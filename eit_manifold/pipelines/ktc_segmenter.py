@@ -6,8 +6,8 @@ finer mesh than the linearisation's, :mod:`eit_manifold.ktc.simulation`), trains
 :mod:`eit_manifold.ktc.segmenter` on ``linear`` reconstructions with several prior strengths
 (:func:`~eit_manifold.pipelines.ktc.segmenter_inputs`), and scores it
 against the ``linear`` method + Otsu rule on the validation phantoms with the challenge's score.
-The simulated data changes and classes (``simulation.npz``) and a per-epoch checkpoint are kept in the output
-directory, so an interrupted run resumes without simulating again. Nothing here reads the
+The simulated data changes and classes (``simulation.npz``) and a per-epoch checkpoint are kept in
+the output directory, so an interrupted run resumes without simulating again. Nothing here reads the
 targets' data files or truths: the network only ever sees simulations.
 """
 
@@ -37,9 +37,7 @@ from eit_manifold.pipelines.ktc import (
 
 SIMULATION_FILE = "simulation.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-DEFAULT_PRIOR_SCALES = (1.0, 10.0, 100.0)
+DEFAULT_PRIOR_SCALES = (1.0, 10.0, 100.0)  # see SegmenterRunConfig and docs/ktc.md
 
 
 @dataclass(frozen=True)
@@ -82,12 +80,9 @@ def _simulate(
         if str(stored.get("key")) == repr(key):
             return stored
 
-    def no_reconstruction(changes: np.ndarray) -> np.ndarray:
-        return np.zeros((changes.shape[1], 1, 1))
-
-    train = simulate_pairs(ctx.calibration, ctx.reference, no_reconstruction, cfg.n_train,
+    train = simulate_pairs(ctx.calibration, ctx.reference, None, cfg.n_train,
                            np.random.default_rng([cfg.seed, 0]), sim, progress=cfg.progress)
-    val = simulate_pairs(ctx.calibration, ctx.reference, no_reconstruction, cfg.n_val,
+    val = simulate_pairs(ctx.calibration, ctx.reference, None, cfg.n_val,
                          np.random.default_rng([cfg.seed, 1]), sim, truth_size=256, progress=cfg.progress)
     data = {"key": np.array(repr(key)), "train_changes": train["changes"], "train_labels": train["labels"],
             "val_changes": val["changes"], "val_labels": val["labels"], "val_truths": val["truths"],
