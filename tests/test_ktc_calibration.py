@@ -166,3 +166,23 @@ def test_full_calibration_of_the_reference():
     model = cal.forward_model(ref)
     pred = model.measurements(np.full(model.n_cells, cal.sigma)) + cal.offsets
     assert np.linalg.norm(pred - ref.data) / np.linalg.norm(ref.data) == pytest.approx(cal.residual, rel=1e-6)
+
+
+def test_calibration_runs_with_one_blas_thread(monkeypatch):
+    """Threaded BLAS changes the fitted values by 0.1 % (round-off through finite-difference
+    Jacobians): the calibration pins BLAS to one thread, whatever the caller allows."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import eit_manifold.ktc.calibration as calibration
+
+    seen = []
+    fit = calibration._levenberg_marquardt
+
+    def recording(*args, **kwargs):
+        seen.append({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(calibration, "_levenberg_marquardt", recording)
+    with threadpool_limits(limits=2, user_api="blas"):
+        calibrate(_ref(), _coarse_mesh(), per_electrode=False, geometry=False, max_iter=1)
+    assert seen and all(threads == {1} for threads in seen)
