@@ -100,3 +100,13 @@ def test_ktc_train_small_run_and_resume(tmp_path):
     assert load_segmenter(tmp_path / "net1")[0].channels == 1
     bad = runner.invoke(app, [*args[:-1], "1,x"])
     assert bad.exit_code != 0 and "1,x" in bad.output
+
+
+def test_ktc_train_help_states_the_default_prior_scales():
+    import typer
+
+    from eit_manifold.pipelines.ktc_segmenter import DEFAULT_PRIOR_SCALES
+
+    command = typer.main.get_command(app).commands["ktc-train"]
+    (option,) = [p for p in command.params if p.name == "prior_scales"]
+    assert f"[default: {','.join(f'{s:g}' for s in DEFAULT_PRIOR_SCALES)}]" in option.help
