@@ -72,6 +72,7 @@ def _simulate(
     """The simulated data changes and classes: read from ``path`` when it was written with the same
     settings (the reconstructions are made from the changes afterwards, so any grid or prior scales
     reuse one simulation)."""
+    # format 2: the file holds data changes (format 1, reconstructions, is simulated afresh)
     key = {"format": 2, "level": cfg.level, "n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
            "simulation": asdict(sim), "sigma0": ctx.sigma0}
     if path.is_file():
