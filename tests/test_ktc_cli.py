@@ -100,6 +100,8 @@ def test_ktc_train_small_run_and_resume(tmp_path):
     assert load_segmenter(tmp_path / "net1")[0].channels == 1
     bad = runner.invoke(app, [*args[:-1], "1,x"])
     assert bad.exit_code != 0 and "1,x" in bad.output
+    bad = runner.invoke(app, [*args, "--threads", "0"])
+    assert bad.exit_code != 0 and "--threads must be >= 1, got 0" in bad.output
 
 
 def test_ktc_train_help_states_the_default_prior_scales():

@@ -74,12 +74,18 @@ def ktc_train_command(
         None, help="Input channels: the linear reconstruction with the prior's standard deviation multiplied by "
         "each of these comma-separated factors (1 = the linear method) [default: 1,10,100]."),
     seed: int = typer.Option(0, help="Random seed (phantoms, noise, initialisation, batch order)."),
+    threads: int = typer.Option(1, help="torch CPU threads of the training (the bundled network used 2)."),
 ) -> None:
     """Train the network of --method learned on simulated phantoms; resumes an interrupted run in OUT."""
+    import torch
+
     from eit_manifold.ktc.data import check_level
     from eit_manifold.pipelines.ktc_segmenter import SegmenterRunConfig, train_ktc_segmenter
 
     check_level(level)
+    if threads < 1:
+        raise typer.BadParameter(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
     options = {}
     if prior_scales is not None:
         try:
