@@ -13,11 +13,25 @@ from typing import Any
 import numpy as np
 
 
+def umask_mode(base: int = 0o666) -> int:
+    """The mode a file created with ``base`` gets under the process's umask (``open`` semantics).
+
+    ``tempfile.mkstemp`` always creates files 0600; files published with :func:`atomic_path` are
+    given this mode instead, so that outputs (e.g. in a container's mounted directory) are as readable
+    as any other file the user creates.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
-    Readers never see a half-written file and a failed write leaves no partial output behind.
+    Readers never see a half-written file and a failed write leaves no partial output behind. The
+    temporary file lives in the destination directory itself, so the final ``os.replace`` never
+    crosses a filesystem (EXDEV), and it is given the mode the umask allows (not mkstemp's 0600).
 
     Parameters
     ----------
@@ -34,6 +48,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, umask_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

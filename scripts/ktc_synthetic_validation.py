@@ -8,7 +8,7 @@ phantom's 256 x 256 classes with the challenge's score. ``atlas:K`` runs the atl
 contrast ``kappa = ln K``. Writes one JSON line per case and method to ``--out`` (appending, so
 several processes can split the cases with ``--start``/``--stop``) and prints the mean table.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/ktc_synthetic_validation.py ../shared/ktc2023 \\
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/ktc_synthetic_validation.py datasets/ktc2023 \\
         --n 12 --methods linear,tv,learned,atlas:10,atlas:100 --out results/ktc-synthetic.jsonl
 """
 

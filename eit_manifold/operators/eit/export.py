@@ -11,6 +11,7 @@ import dolfinx
 import dolfinx.io
 import numpy as np
 
+from eit_manifold.io import umask_mode
 from eit_manifold.operators.eit.mesh import TankMesh
 
 
@@ -38,8 +39,13 @@ def export_xdmf(
     mesh = tank_mesh.mesh
     comm = mesh.comm
     # Write into a private folder with the final names (the .xdmf refers to the .h5 by name),
-    # then move both files into place.
-    tmpdir = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else None)) if comm.rank == 0 else None
+    # then move both files into place. The folder is made inside the destination directory so that
+    # the move never crosses a filesystem (a $TMPDIR on a tmpfs, a container's mounted volume).
+    if comm.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.stem}."))
+    else:
+        tmpdir = None
     tmpdir = Path(comm.bcast(str(tmpdir) if tmpdir else None, root=0))
     try:
         tmp = tmpdir / path.name
@@ -58,8 +64,9 @@ def export_xdmf(
                 xdmf.write_function(f)
         comm.barrier()
         if comm.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            mode = umask_mode()
             for f in tmpdir.iterdir():
+                os.chmod(f, mode)
                 os.replace(f, path.parent / f.name)
     finally:
         comm.barrier()
