@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all lint demo bench clean
+.PHONY: setup test test-all lint demo bench image image-test clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/forward.py
+
+# The container image (docker, or podman without a daemon; see docker/README.md) and its smoke test.
+image:
+	docker/build.sh eit-manifold
+
+image-test: setup
+	docker/smoke_test.sh eit-manifold
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
