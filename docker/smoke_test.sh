@@ -38,7 +38,8 @@ run() { "${ENGINE_CMD[@]}" run --rm "${USER_ARGS[@]}" -v "$WORK:/data" "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 
 step "eit-manifold --help"
-run "$IMAGE" --help | head -5
+help=$(run "$IMAGE" --help)
+echo "$help" | sed -n 2,4p
 run --entrypoint id "$IMAGE" -u | grep -qvx 0 || { echo "FAIL: the container runs as root" >&2; exit 1; }
 
 step "quick-start demo (timed)"

@@ -32,7 +32,9 @@ def parallel_results(tmp_path_factory):
     return np.load(out / "1.npz"), np.load(out / "2.npz")
 
 
-@pytest.mark.parametrize("key", ["dist_y", "dist_grad", "dist_img_y", "batch_y", "batch_grad", "recon_image"])
+@pytest.mark.parametrize(
+    "key", ["dist_y", "dist_grad", "dist_img_y", "many_solves", "batch_y", "batch_grad", "recon_image"]
+)
 def test_parallel_equals_serial(parallel_results, key):
     serial, parallel = parallel_results
     assert int(parallel["size"]) == 2

@@ -32,6 +32,15 @@ def main(out: str) -> None:
     img = torch.full((1, 16, 16), 1.2, dtype=torch.float64)
     img[0, 4:8, 5:9] = 2.0
     results.update(dist_y=y.detach().numpy(), dist_grad=grad.numpy(), dist_img_y=op(img).numpy())
+    # Many factorisations on a distributed mesh (a descent makes hundreds): each must free what it
+    # holds. MPICH has 2048 communicator context ids and MUMPS duplicates 13 per factorisation, so
+    # a factor left to petsc4py's deferred garbage collection fails here before the 160th solve
+    # (170 solves take about a second on an idle machine).
+    small = EITOperator(tank, mesh=MeshOptions(0.3, 10.0, 3.0), image_shape=(8, 8), comm=comm)
+    ones = np.ones(small.model.n_cells)
+    for _ in range(170):
+        many = small.model.measurements(ones)
+    results.update(many_solves=many)
 
     # (b) a batch split across processes, each with the whole mesh on COMM_SELF
     batch_op = EITOperator(tank, mesh=options, image_shape=(16, 16), comm=MPI.COMM_SELF, batch_comm=comm)

@@ -199,7 +199,12 @@ class CEMSystem:
         self._template.setPreallocationCOO(all_rows, all_cols)
         self._row_start = self.comm.exscan(self.n_local_rows) or 0
         self.centroids = self.gather_cells(disc.centroids)
-        self._mesh_for_scatter = tank_mesh.mesh
+        # Ghost updates of solution fields (distributed meshes only): one function space and one
+        # vector per block size, made once (each dolfinx vector builds a scatterer with its own MPI
+        # neighbourhood communicators; no need to do that on every solve).
+        self._scatter_space = (dolfinx.fem.functionspace(tank_mesh.mesh, ("Lagrange", 1))
+                               if self.comm.size > 1 else None)
+        self._scatter_vectors: dict[int, dolfinx.la.Vector] = {}
 
     @property
     def n_cells(self) -> int:
@@ -259,8 +264,9 @@ class CEMSystem:
                             root=self.comm.size - 1)
         if self.comm.size == 1:
             return x[:n_owned].T.copy(), U
-        V = dolfinx.fem.functionspace(self._mesh_for_scatter, ("Lagrange", 1))
-        vec = dolfinx.la.vector(V.dofmap.index_map, bs=P)
+        vec = self._scatter_vectors.get(P)
+        if vec is None:
+            vec = self._scatter_vectors[P] = dolfinx.la.vector(self._scatter_space.dofmap.index_map, bs=P)
         vec.array.reshape(-1, P)[:n_owned] = x[:n_owned]
         vec.scatter_forward()
         return vec.array.reshape(-1, P).T.copy(), U
@@ -324,7 +330,11 @@ class _CholeskySolver:
 
     def __del__(self) -> None:
         # Free the MUMPS factors now rather than at interpreter exit: bounded memory over many calls.
-        for obj in ("_ksp", "_mat"):
+        # Every PETSc object must be destroyed explicitly, the factor matrix first: petsc4py defers
+        # freeing parallel objects that Python collects (PETSc.garbage_cleanup), and a factor left to
+        # it keeps MUMPS' 13 duplicated communicators per factorisation, which exhausted MPICH's 2048
+        # context ids in the 15th step of a two-process reconstruction.
+        for obj in ("_factor", "_ksp", "_mat"):
             if hasattr(self, obj):
                 getattr(self, obj).destroy()
 
