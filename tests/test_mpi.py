@@ -51,9 +51,13 @@ def test_batch_split_covers_every_item_once(parallel_results):
 
 def test_error_on_one_rank_reaches_all(parallel_results):
     _, parallel = parallel_results
+    # a user error becomes one collective error, the same on every process (the CLI prints it once)
     errors = parallel["errors"].tolist()
-    assert len(errors) == 2 and all("item 3 is bad" in e for e in errors)
-    assert any(e.startswith("RemoteError: rank 1") for e in errors)
+    assert errors == ["InputError: rank 1: item 3 is bad (collective)"] * 2
+    # a bug keeps its type where it happened and reaches the others as RemoteError
+    bugs = parallel["bug_errors"].tolist()
+    assert len(bugs) == 2 and all("item 3 hit a bug" in e for e in bugs)
+    assert bugs[0].startswith("RemoteError: rank 1") and bugs[1].startswith("RuntimeError")
 
 
 def test_mpirun_simulate_writes_the_serial_file(tmp_path):

@@ -21,8 +21,9 @@ def _root() -> None:
     """eit-manifold: EIT with the complete electrode model, learned atlases, Riemannian descent."""
 
 
-# Errors a user can cause: reported in one line, exit status 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FileExistsError, PermissionError)
+# Errors a user can cause: reported in one line, exit status 2, no traceback. OSError covers a
+# missing, unreadable or unwritable path (a directory named as a file, a full disk, ...).
+USER_ERRORS = (ValueError, KeyError, OSError)
 
 
 def is_root() -> bool:
@@ -74,11 +75,17 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except USER_ERRORS as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        from eit_manifold.validation import one_line
+
+        if comm.size > 1 and getattr(exc, "collective", False):
+            # raised on every process alike (boundary checks, gathered batch errors): say it once
+            if comm.rank == 0:
+                print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+            sys.exit(2)
         prefix = f"error (rank {comm.rank})" if comm.size > 1 else "error"
-        print(f"{prefix}: {msg}", file=sys.stderr, flush=True)
+        print(f"{prefix}: {one_line(exc)}", file=sys.stderr, flush=True)
         if comm.size > 1:
-            comm.Abort(2)
+            comm.Abort(2)  # the other processes may be waiting in a collective call
         sys.exit(2)
     except Exception:
         if comm.size > 1:

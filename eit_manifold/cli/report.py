@@ -12,8 +12,8 @@ from eit_manifold.cli._app import app, echo
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise ValueError(f"--noise must be comma-separated numbers, got {text!r}") from exc
+    except ValueError:
+        raise ValueError(f"--noise must be comma-separated numbers, got {text!r}") from None
 
 
 @app.command("report")

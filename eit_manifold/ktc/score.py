@@ -57,11 +57,9 @@ def mask_ssim(truth: np.ndarray, reco: np.ndarray) -> float:
 
 def check_segmentation(name: str, image: np.ndarray) -> np.ndarray:
     """``image`` as a 256 x 256 segmentation (classes 0/1/2 only), else ``ValueError`` naming ``name``."""
-    arr = np.asarray(image)
-    if arr.shape != IMAGE_SHAPE:
-        raise ValueError(f"{name} must have shape {IMAGE_SHAPE}, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values")
+    from eit_manifold.validation import numeric_array
+
+    arr = numeric_array(image, name, shape=IMAGE_SHAPE)
     bad = np.setdiff1d(np.unique(arr), [0, 1, 2])
     if bad.size:
         raise ValueError(f"{name} must hold only the classes 0, 1, 2, found {bad.tolist()[:5]}")

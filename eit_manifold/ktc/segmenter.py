@@ -43,6 +43,7 @@ SEGMENTER_FORMAT = "eit-manifold-ktc-segmenter/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "segmenter.pt"
 N_CLASSES = 3
+MAX_WIDTH, MAX_SIZE, MAX_CHANNELS = 256, 1024, 64  # architecture bounds (a 256-wide net has ~0.5e9 weights)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -67,10 +68,14 @@ class SegmenterNet(nn.Module):
 
     def __init__(self, width: int = 16, size: int = 64, channels: int = 1):
         super().__init__()
-        if width < 1 or size < 8 or size % 8 or channels < 1:
-            raise ValueError(f"need width >= 1, size a positive multiple of 8 and channels >= 1, got width={width}, "
-                             f"size={size}, channels={channels}")
-        self.width, self.size, self.channels = int(width), int(size), int(channels)
+        from eit_manifold.validation import check_int
+
+        # bounded before any allocation (a config.json may say anything)
+        width, size, channels = (check_int("width", width, 1, MAX_WIDTH), check_int("size", size, 8, MAX_SIZE),
+                                 check_int("channels", channels, 1, MAX_CHANNELS))
+        if size % 8:
+            raise ValueError(f"size must be a multiple of 8, got {size}")
+        self.width, self.size, self.channels = width, size, channels
         w = self.width
         self.encoders = nn.ModuleList([_block(self.channels + 2, w), _block(w, 2 * w), _block(2 * w, 4 * w)])
         self.bottleneck = _block(4 * w, 8 * w)
@@ -283,7 +288,7 @@ def load_segmenter(directory: str | os.PathLike) -> tuple[SegmenterNet, dict]:
     if not isinstance(config, dict) or config.get("format") != SEGMENTER_FORMAT:
         raise ValueError(f"{config_path} is not a KTC segmenter ({SEGMENTER_FORMAT})")
     try:
-        net = SegmenterNet(int(config["width"]), int(config["size"]), int(config.get("channels", 1)))
+        net = SegmenterNet(config["width"], config["size"], config.get("channels", 1))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{config_path}: bad architecture entry: {exc}") from exc
     if not weights.is_file():

@@ -16,7 +16,6 @@ contrast).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,12 +28,14 @@ from tqdm.auto import tqdm
 
 from eit_manifold.baselines.image import tikhonov_deblur, tv_deblur
 from eit_manifold.data.images import BAR_BACKGROUND, BAR_CONTRAST, make_images, pixel_grid
-from eit_manifold.io import write_bytes_atomic, write_json
+from eit_manifold.io import check_output_dir, staged_dir, write_bytes_atomic, write_json
 from eit_manifold.manifold import load_atlas
 from eit_manifold.metrics import angle_error, psnr, relative_data_misfit, relative_l2, ssim
 from eit_manifold.operators.blur import GaussianBlur
 from eit_manifold.optim import RiemannianDescent
+from eit_manifold.optim.riemannian import RETRACTIONS
 from eit_manifold.seeding import seed_everything
+from eit_manifold.validation import check_choice, check_float, check_int
 
 METRICS = ("psnr", "ssim", "rel_error", "angle_error_deg", "data_misfit")
 METRIC_LABELS = {
@@ -83,14 +84,13 @@ class DeblurConfig:
     n_figure: int = 6
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise) and self.noise > 0):
-            raise ValueError(f"noise must be positive, got {self.noise!r}")
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n!r}")
-        if not 0 <= self.seed < 1000:
-            raise ValueError(f"seed must be in [0, 1000), got {self.seed!r}")
-        if self.n_starts < 1:
-            raise ValueError(f"n_starts must be >= 1, got {self.n_starts!r}")
+        check_float("--noise", self.noise, 0.0, 10.0, lo_open=True)
+        check_int("--n", self.n, 1, 10_000)
+        check_int("--seed", self.seed, 0, 999)
+        check_int("--starts", self.n_starts, 1, 1000)
+        check_int("--max-iter", self.max_iter, 0, 100_000)
+        check_choice("--retraction", self.retraction, RETRACTIONS)
+        check_int("n_figure", self.n_figure, 0, 1000)
         if self.atlas_k1 is None:
             self.atlas_k1 = f"{self.atlas}-k1"
 
@@ -206,13 +206,22 @@ def run_deblur(cfg: DeblurConfig, out: str | Path) -> dict:
     dict
         The content of ``results.json``.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, "--out")
     seed_everything(cfg.seed)
     atlas_main = load_atlas(cfg.atlas)
     if atlas_main.image_shape is None:
         raise ValueError(f"atlas {cfg.atlas!r} is not an image atlas")
     size = atlas_main.image_shape[0]
+    if cfg.atlas_k1:
+        k1 = load_atlas(cfg.atlas_k1)  # checked now, not after the first atlas's reconstructions
+        if k1.image_shape is None or tuple(k1.image_shape) != tuple(atlas_main.image_shape):
+            raise ValueError(f"atlas {cfg.atlas_k1!r} makes images of shape {k1.image_shape}, {cfg.atlas!r} of "
+                             f"{atlas_main.image_shape}: they must agree")
+    with staged_dir(out) as stage:
+        return _run_deblur(cfg, atlas_main, size, stage)
+
+
+def _run_deblur(cfg: DeblurConfig, atlas_main, size: int, out: Path) -> dict:
     images, params = make_images("bars", cfg.n, split="test", seed=cfg.seed, size=size)
     x_true = torch.from_numpy(images).to(torch.float64)
     angles = np.array([p["angle"] for p in params])

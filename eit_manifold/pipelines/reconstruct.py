@@ -23,14 +23,28 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from eit_manifold.io import save_npy_atomic, write_json
+from eit_manifold.io import check_output_dir, save_npy_atomic, staged_dir, write_json
 from eit_manifold.metrics import psnr, relative_data_misfit, relative_l2, ssim
 from eit_manifold.operators.eit import EITOperator, Tank
 from eit_manifold.operators.eit.data_file import MeasurementData, read_measurements
-from eit_manifold.operators.eit.mesh import tank_mesh
+from eit_manifold.operators.eit.mesh import MESH_PRESETS, tank_mesh
 from eit_manifold.operators.eit.pixels import pixel_centres
+from eit_manifold.validation import (
+    InputError,
+    check_choice,
+    check_contact_impedance,
+    check_float,
+    check_input_file,
+    check_int,
+    check_seed,
+    check_sigma_range,
+    collective_check,
+)
 
 METHODS = ("atlas", "gauss-newton", "tv")
+MAX_STARTS = 1000
+MAX_ITERATIONS = 100_000
+MAX_IMAGE_SIZE = 512
 
 
 @dataclass
@@ -54,14 +68,19 @@ class ReconstructConfig:
     warm_start: bool = True  # atlas: one more start per chart at its projection of a Gauss-Newton image
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        """Check every option (cheap; the files are read by :func:`check_inputs`)."""
+        check_choice("--method", self.method, METHODS)
         if self.iterations is None:
             self.iterations = 60 if self.method == "atlas" else 10
-        if self.starts < 1 or self.iterations < 0:
-            raise ValueError(f"need starts >= 1 and iterations >= 0, got {self.starts}, {self.iterations}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        check_int("--starts", self.starts, 1, MAX_STARTS)
+        check_int("--iterations", self.iterations, 0, MAX_ITERATIONS)
+        check_sigma_range(self.sigma_min, self.sigma_max)
+        check_int("--image-size", self.image_size, 8, MAX_IMAGE_SIZE)
+        check_seed("--seed", self.seed)
+        if self.mesh is not None and self.mesh_size is not None:
+            raise InputError(f"give either --mesh ({self.mesh}) or --mesh-size ({self.mesh_size}), not both")
+        if self.mesh is not None and self.mesh not in MESH_PRESETS:
+            check_input_file(self.mesh, "mesh file")
 
 
 @dataclass
@@ -270,34 +289,78 @@ def write_outputs(out: Path, problem: EITProblem, result: dict, config: Reconstr
                             title=f"{config.method} reconstruction")
 
 
-def reconstruct(config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
+def check_inputs(files: list[str], config: ReconstructConfig, batch: bool = False) -> list[MeasurementData]:
+    """Every check of a ``reconstruct`` run before any work: each measurement file (all of them, for a
+    batch), its contact impedances against ``--sigma-min``, the mesh size against its radius, the
+    atlas and its image size, the output directory. Returns the files' data."""
+    if not files:
+        raise InputError("no --data file given")
+    stems = [Path(f).stem for f in files]
+    if len(set(stems)) != len(stems):
+        raise InputError(f"batch files must have distinct names (outputs go to OUT/<name>/), got {files}")
+    datas = []
+    for f in files:
+        data = read_measurements(f)
+        data.tank()  # equally spaced electrodes (the only kind the mesh generator makes)
+        check_contact_impedance(data.contact_impedance, data.electrode_width, config.sigma_min,
+                                f"measurement file {f}: key 'contact_impedance'")
+        if config.mesh_size is not None:
+            check_float("--mesh-size", config.mesh_size, data.radius / 500, data.radius)
+        datas.append(data)
+    if config.method == "atlas":
+        from eit_manifold.manifold import load_atlas
+
+        atlas = load_atlas(config.atlas)
+        if atlas.image_shape is None or tuple(atlas.image_shape) != (config.image_size, config.image_size):
+            raise InputError(
+                f"atlas {config.atlas!r} makes images of shape {atlas.image_shape}, the reconstruction uses "
+                f"{(config.image_size, config.image_size)}: pass --image-size "
+                f"{atlas.image_shape and atlas.image_shape[0]}"
+            )
+    out = check_output_dir(config.out, "--out")
+    if batch:
+        for stem in stems:
+            check_output_dir(out / stem, "batch output directory")
+    return datas
+
+
+def reconstruct(config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD, record: ReconstructConfig | None = None
+                ) -> dict:
     """The ``reconstruct`` job on one file, the mesh distributed over ``comm`` (SPMD: the torch
-    parts run identically on every process); writes conductivity.npy/.xdmf, PNG and metrics.json."""
+    parts run identically on every process); writes conductivity.npy/.xdmf, PNG and metrics.json
+    into ``config.out``, all together at the end (nothing when it fails). Every input is checked
+    first (:func:`check_inputs`). ``record``: the config written to metrics.json (default ``config``)."""
+    with collective_check(comm):
+        (data,) = check_inputs([config.data], config)
     torch.manual_seed(config.seed)
-    problem = load_problem(config.data, (config.image_size, config.image_size), config.mesh, config.mesh_size, comm)
+    problem = load_problem(data, (config.image_size, config.image_size), config.mesh, config.mesh_size, comm)
     result = reconstruct_problem(problem, config)
-    write_outputs(Path(config.out), problem, result, config)
+    with staged_dir(config.out, comm) as stage:
+        write_outputs(stage, problem, result, record or config)
     return result
 
 
 def reconstruct_batch(files: list[str], config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> list[dict]:
     """Reconstruct many files, split across the processes of ``comm`` (each on ``COMM_SELF``).
 
-    File ``a/b/name.npz`` goes to ``OUT/name/``; each process writes the outputs of its own
-    files (distinct directories, atomic writes). Returns every file's metrics on every process.
+    File ``a/b/name.npz`` goes to ``OUT/name/``; every file is checked before any is reconstructed,
+    each process writes the outputs of its own files into one staged directory that is published
+    when all files succeeded (a failed batch leaves nothing). Returns every file's metrics on every
+    process.
     """
     from eit_manifold.operators.eit.parallel import spmd_map
 
-    stems = [Path(f).stem for f in files]
-    if len(set(stems)) != len(stems):
-        raise ValueError(f"batch files must have distinct names (outputs go to OUT/<name>/), got {files}")
+    with collective_check(comm):
+        datas = dict(zip(files, check_inputs(files, config, batch=True), strict=True))
 
-    def run(path: str) -> dict:
-        cfg = replace(config, data=path, out=str(Path(config.out) / Path(path).stem))
-        torch.manual_seed(cfg.seed)
-        problem = load_problem(path, (cfg.image_size, cfg.image_size), cfg.mesh, cfg.mesh_size, MPI.COMM_SELF)
-        result = reconstruct_problem(problem, cfg)
-        write_outputs(Path(cfg.out), problem, result, cfg)
-        return {"data": path, "out": cfg.out, "metrics": result["metrics"]}
+    with staged_dir(config.out, comm) as stage:
+        def run(path: str) -> dict:
+            cfg = replace(config, data=path, out=str(Path(config.out) / Path(path).stem))
+            torch.manual_seed(cfg.seed)
+            problem = load_problem(datas[path], (cfg.image_size, cfg.image_size), cfg.mesh, cfg.mesh_size,
+                                   MPI.COMM_SELF)
+            result = reconstruct_problem(problem, cfg)
+            write_outputs(stage / Path(path).stem, problem, result, cfg)
+            return {"data": path, "out": cfg.out, "metrics": result["metrics"]}
 
-    return spmd_map(run, files, comm)
+        return spmd_map(run, files, comm)

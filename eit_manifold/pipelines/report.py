@@ -17,15 +17,18 @@ import numpy as np
 from mpi4py import MPI
 from tqdm import tqdm
 
-from eit_manifold.io import write_bytes_atomic, write_json
+from eit_manifold.io import check_output_dir, staged_dir, write_bytes_atomic, write_json
 from eit_manifold.operators.eit.parallel import spmd_map
 from eit_manifold.pipelines.reconstruct import (
+    MAX_ITERATIONS,
+    MAX_STARTS,
     ReconstructConfig,
     make_problem,
     reconstruct_problem,
     reconstruction_operator,
 )
 from eit_manifold.pipelines.simulate import SimulateConfig, simulate_data, simulation_model
+from eit_manifold.validation import InputError, check_float, check_int, check_seed, collective_check
 
 # method label -> (reconstruct method, atlas)
 DEFAULT_METHODS = {"atlas K=2": ("atlas", "balls"), "atlas K=1": ("atlas", "balls-k1"),
@@ -51,11 +54,14 @@ class ReportConfig:
     image_size: int = 64
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
-        bad = [eta for eta in self.noise if not (np.isfinite(eta) and eta >= 0)]
-        if bad or not self.noise:
-            raise ValueError(f"noise levels must be non-negative numbers, got {list(self.noise)}")
+        check_int("--n", self.n, 1, 10_000)
+        if not self.noise:
+            raise InputError("--noise must list at least one noise level")
+        self.noise = tuple(check_float("--noise", eta, 0.0, 10.0) for eta in self.noise)
+        check_seed("--seed", self.seed)
+        check_int("--starts", self.starts, 1, MAX_STARTS)
+        if self.iterations is not None:
+            check_int("--iterations", self.iterations, 0, MAX_ITERATIONS)
 
 
 def _cases(config: ReportConfig) -> list[dict]:
@@ -66,7 +72,10 @@ def _cases(config: ReportConfig) -> list[dict]:
 
 
 def run_report(config: ReportConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
-    """Simulate, reconstruct with every method, aggregate; rank 0 writes the report files."""
+    """Simulate, reconstruct with every method, aggregate; rank 0 writes the report files (all
+    together, when everything succeeded)."""
+    with collective_check(comm):
+        check_output_dir(config.out, "--out")
     sim_cfg = SimulateConfig(mesh=config.simulation_mesh, image_size=config.image_size)
     sim_model = simulation_model(sim_cfg, MPI.COMM_SELF)
     cases = _cases(config)
@@ -98,8 +107,9 @@ def run_report(config: ReportConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     rows = spmd_map(run, tasks, comm)
     progress.close()
     summary = aggregate(rows, config)
-    if comm.rank == 0:
-        write_report(config, rows, summary, datasets)
+    with staged_dir(config.out, comm) as stage:
+        if comm.rank == 0:
+            write_report(config, rows, summary, datasets, stage)
     return summary
 
 
@@ -138,9 +148,11 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(config: ReportConfig, rows: list[dict], summary: dict, datasets: list) -> None:
-    """results.json, results.md and a figure grid (truth and each method, first phantoms)."""
-    out = Path(config.out)
+def write_report(config: ReportConfig, rows: list[dict], summary: dict, datasets: list,
+                 out: str | Path | None = None) -> None:
+    """results.json, results.md and a figure grid (truth and each method, first phantoms) in ``out``
+    (default ``config.out``)."""
+    out = Path(config.out if out is None else out)
     per_item = [{k: v for k, v in r.items() if k != "image"} for r in rows]
     write_json(out / "results.json", {"config": asdict(config), "summary": summary, "items": per_item})
     write_bytes_atomic(out / "results.md", (markdown_table(summary) + "\n").encode())
