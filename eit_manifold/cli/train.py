@@ -39,8 +39,9 @@ def train(
     import torch
 
     from eit_manifold.pipelines.train import default_job, run_train
+    from eit_manifold.validation import check_int
 
-    torch.set_num_threads(threads)
+    check_int("--threads", threads, 1, 1024)
     job = default_job(
         dataset,
         charts=charts,
@@ -60,6 +61,7 @@ def train(
         checkpoint_every=checkpoint_every,
         seed=seed,
     )
+    torch.set_num_threads(threads)
     summary = run_train(job, out, resume=resume, progress=progress)
     minutes = summary["train_seconds"] / 60
     typer.echo(
@@ -77,12 +79,19 @@ def atlas_plot(
     seed: int = typer.Option(0, help="sampling seed"),
 ) -> None:
     """Plot an atlas: points coloured by chart (toys) or sample grids per chart (images)."""
+    from eit_manifold.data import check_dataset
+    from eit_manifold.io import check_output_file
     from eit_manifold.manifold import bundled_atlases, load_atlas
     from eit_manifold.plotting import plot_atlas
+    from eit_manifold.validation import check_seed
 
+    check_seed("--seed", seed)
+    if dataset is not None:
+        check_dataset(dataset)
     model = load_atlas(atlas)
     if out is None:
         out = Path(f"{atlas}.png") if atlas in bundled_atlases() else Path(atlas) / "atlas.png"
+    check_output_file(out, "--out")
     dataset = dataset or (model.meta.get("dataset") if model.image_shape is None else None)
     plot_atlas(model, out, dataset=dataset, seed=seed)
     typer.echo(f"wrote {out}")

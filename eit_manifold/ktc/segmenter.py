@@ -118,8 +118,16 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self}")
+        from eit_manifold.validation import MAX_SEED, check_float, check_int
+
+        check_int("--epochs", self.epochs, 1, 10**6)
+        check_int("batch_size", self.batch_size, 1, 10**6)
+        check_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        check_int("--width", self.width, 1, MAX_WIDTH)
+        check_int("size", self.size, 8, MAX_SIZE)
+        if self.size % 8:
+            raise ValueError(f"size must be a multiple of 8, got {self.size}")
+        check_int("--seed", self.seed, 0, MAX_SEED)
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -150,12 +158,31 @@ def _check_pairs(inputs: np.ndarray, labels: np.ndarray, size: int) -> None:
         raise ValueError(f"labels must be 0, 1 or 2, found {bad.tolist()[:5]}")
 
 
+def check_checkpoint(path: str | os.PathLike, config: TrainConfig, n: int, provenance: dict | None = None) -> dict:
+    """Read a segmenter training checkpoint and check that it belongs to this run (settings, number
+    of training pairs and, when given, the provenance: data, simulation, seeds); cheap, so it runs
+    before any simulation. ``ValueError`` naming the first differences."""
+    path = Path(path)
+    state = load_training_checkpoint(path)
+    if state.get("config") != asdict(config) or state.get("n") != n:
+        raise ValueError(f"checkpoint {path} was written with other settings ({state.get('config')}, "
+                         f"n={state.get('n')}); remove it to start afresh")
+    if provenance is not None:
+        saved = state.get("provenance") or {}
+        diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in provenance.items() if saved.get(k) != v]
+        if diffs:
+            raise ValueError(f"checkpoint {path} was written by another run ({'; '.join(diffs[:3])}); remove it or "
+                             "choose another --out")
+    return state
+
+
 def train_segmenter(
     inputs: np.ndarray,
     labels: np.ndarray,
     config: TrainConfig = TrainConfig(),
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    provenance: dict | None = None,
 ) -> tuple[SegmenterNet, list[float]]:
     """Train a :class:`SegmenterNet` on (reconstruction, classes) pairs.
 
@@ -169,6 +196,9 @@ def train_segmenter(
         Settings; ``config.seed`` fixes the initialisation and the batch order.
     checkpoint : path, optional
         Written after every epoch; if it exists (same settings), training resumes from it.
+    provenance : dict, optional
+        What identifies the run beyond ``config`` (data, simulation, seeds): stored in the
+        checkpoint and required to match when resuming.
 
     Returns
     -------
@@ -188,10 +218,7 @@ def train_segmenter(
     history: list[float] = []
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        state = load_training_checkpoint(ckpt)
-        if state.get("config") != asdict(config) or state.get("n") != len(inputs):
-            raise ValueError(f"checkpoint {ckpt} was written with other settings ({state.get('config')}, "
-                             f"n={state.get('n')}); remove it to start afresh")
+        state = check_checkpoint(ckpt, config, len(inputs), provenance)
         validate_state_dict(net, state["model"], str(ckpt))
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -215,7 +242,8 @@ def train_segmenter(
         history.append(total / len(order))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         if ckpt is not None:
-            save_training_checkpoint(ckpt, {"config": asdict(config), "n": len(inputs), "model": net.state_dict(),
+            save_training_checkpoint(ckpt, {"provenance": provenance, "config": asdict(config), "n": len(inputs),
+                                            "model": net.state_dict(),
                                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                             "history": history})
     return net.eval(), history

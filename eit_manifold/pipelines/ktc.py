@@ -47,12 +47,21 @@ from eit_manifold.baselines.eit_linear import (
     tikhonov_solve,
     tv_solve,
 )
-from eit_manifold.io import save_npy_atomic, write_json
+from eit_manifold.io import check_output_dir, save_npy_atomic, staged_dir, write_bytes_atomic, write_json
 from eit_manifold.ktc.calibration import Calibration, calibrate, ktc_mesh, ktc_tank
-from eit_manifold.ktc.data import IMAGE_SHAPE, RADIUS, KTCMeasurement, read_ktc, read_truth, restrict_like
+from eit_manifold.ktc.data import (
+    IMAGE_SHAPE,
+    RADIUS,
+    KTCMeasurement,
+    check_level,
+    read_ktc,
+    read_truth,
+    restrict_like,
+)
 from eit_manifold.ktc.score import check_segmentation, class_scores
 from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
 from eit_manifold.operators.eit import CEMForwardModel
+from eit_manifold.validation import check_choice, check_input_dir, check_int, check_seed
 
 if TYPE_CHECKING:
     from eit_manifold.ktc.segmenter import SegmenterNet
@@ -370,8 +379,7 @@ def build_context(reference: KTCMeasurement, grid: int, per_electrode: bool = Tr
 
 
 def _data_files(data_dir: Path) -> list[Path]:
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"KTC data directory not found: {data_dir}")
+    data_dir = check_input_dir(data_dir, "KTC data directory")
     files = sorted(data_dir.glob("data*.mat"), key=lambda p: (len(p.stem), p.stem))
     if not files:
         raise FileNotFoundError(f"no data*.mat files in {data_dir}")
@@ -380,8 +388,57 @@ def _data_files(data_dir: Path) -> list[Path]:
     return files
 
 
+MAX_GRID = 256
+
+
+def check_ktc(config: KTCConfig) -> tuple[KTCMeasurement, list[tuple[Path, KTCMeasurement, np.ndarray | None]]]:
+    """Every check of :func:`run_ktc` before the calibration: options, every data file, the
+    reference, every truth (``--truth``: a directory with ``trueK.mat`` for every ``dataK.mat``), the
+    segmenter and the output directory. Returns the reference and, per case, (file, data, truth)."""
+    check_choice("--method", config.method, sorted(METHODS))
+    level = check_level(config.level)
+    check_int("--grid", config.grid, 4, MAX_GRID)
+    check_seed("--seed", config.seed)
+    data_dir = check_input_dir(config.data_dir, "KTC data directory")
+    files = _data_files(data_dir)
+    ref_full = read_ktc(data_dir / "ref.mat", level)
+    truth_dir = check_input_dir(config.truth_dir, "--truth directory") if config.truth_dir else None
+    cases = []
+    for path in files:
+        data = read_ktc(path, level)
+        restrict_like(ref_full, data)
+        truth = None
+        if truth_dir is not None:
+            truth_path = truth_dir / f"true{path.stem.removeprefix('data')}.mat"
+            if not truth_path.is_file():
+                raise FileNotFoundError(f"--truth directory {truth_dir} has no {truth_path.name} for {path.name}")
+            truth = read_truth(truth_path)
+        cases.append((path, data, truth))
+    if config.method == "learned" or config.segmenter:
+        from eit_manifold.ktc.segmenter import load_segmenter
+
+        path = config.segmenter or BUNDLED_SEGMENTER
+        _, meta = load_segmenter(path)
+        if config.method == "learned" and meta.get("grid") != config.grid:
+            raise ValueError(f"segmenter {path} was trained on a {meta.get('grid')}-pixel grid, not --grid "
+                             f"{config.grid}; pass --grid {meta.get('grid')}")
+        if config.method == "learned" and meta.get("level") != level:
+            raise ValueError(f"segmenter {path} was trained for level {meta.get('level')}, not --level {level}; "
+                             f"train one with `eit-manifold ktc-train DATA_DIR --level {level} --out DIR`")
+    if config.method == "atlas":
+        from eit_manifold.ktc.atlas_method import AtlasMethodConfig
+        from eit_manifold.manifold import load_atlas
+
+        load_atlas(AtlasMethodConfig().atlas)
+    check_output_dir(config.out, "--out")
+    return ref_full, cases
+
+
 def run_ktc(config: KTCConfig) -> dict:
     """Reconstruct every ``data*.mat`` of ``config.data_dir``; write segmentations, figures and scores.
+
+    Every input is checked first (:func:`check_ktc`); the outputs appear in ``config.out`` together
+    when every case is done (a failed run writes nothing).
 
     Returns
     -------
@@ -391,50 +448,44 @@ def run_ktc(config: KTCConfig) -> dict:
     from eit_manifold.ktc.plots import plot_case
     from eit_manifold.seeding import seed_everything
 
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}: choose one of {', '.join(sorted(METHODS))}")
+    ref_full, inputs = check_ktc(config)
     seed_everything(config.seed)
-    data_dir, out = Path(config.data_dir), Path(config.out)
-    files = _data_files(data_dir)
-    ref_full = read_ktc(data_dir / "ref.mat", config.level)
     contexts: dict[tuple, ReconstructionContext] = {}
-    cases = []
-    for path in files:
-        t0 = time.perf_counter()
-        data = read_ktc(path, config.level)
-        ref = restrict_like(ref_full, data)
-        key = (tuple(data.patterns), tuple(data.measurements))
-        if key not in contexts:
-            contexts[key] = build_context(ref, config.grid, config.per_electrode)
-            if config.segmenter:
-                contexts[key].cache["segmenter_path"] = config.segmenter
-        ctx = contexts[key]
-        image, seg = image_and_segmentation(METHODS[config.method](ctx, (data.data - ref.data).ravel()))
-        save_npy_atomic(out / f"{path.stem}.npy", seg)
-        case = {"case": path.stem, "level": config.level, "patterns": int(data.shape[0]),
-                "measurements": int(data.shape[1]), "seconds": round(time.perf_counter() - t0, 2)}
-        details = ctx.cache.pop("details", None)  # a method's own figures (e.g. the atlas descent's)
-        if details is not None:
-            case["details"] = details
-        truth = None
-        truth_path = Path(config.truth_dir) / f"true{path.stem.removeprefix('data')}.mat" if config.truth_dir else None
-        if truth_path is not None and truth_path.is_file():
-            truth = read_truth(truth_path)
-            scores = class_scores(truth, seg)
-            case.update(score=0.5 * (scores[1] + scores[2]), score_resistive=scores[1], score_conductive=scores[2])
-        title = f"{path.stem} ({config.method}, level {config.level})"
-        plot_case(out / f"{path.stem}.png", image, seg, truth, title=title)
-        cases.append(case)
-    summary = {"config": asdict(config), "cases": cases,
-               "calibration": [c.calibration.to_dict() for c in contexts.values()]}
-    scored = [c["score"] for c in cases if "score" in c]
-    if scored:
-        summary["mean_score"] = float(np.mean(scored))
-    write_json(out / "summary.json", summary)
-    if scored:
-        write_json(out / "scores.json", {"method": config.method, "level": config.level, "cases": cases,
-                                         "mean_score": summary["mean_score"]})
-        (out / "scores.md").write_text(markdown_table(cases, config.method))
+    with staged_dir(config.out) as out:
+        cases = []
+        for path, data, truth in inputs:
+            t0 = time.perf_counter()
+            ref = restrict_like(ref_full, data)
+            key = (tuple(data.patterns), tuple(data.measurements))
+            if key not in contexts:
+                contexts[key] = build_context(ref, config.grid, config.per_electrode)
+                if config.segmenter:
+                    contexts[key].cache["segmenter_path"] = config.segmenter
+            ctx = contexts[key]
+            image, seg = image_and_segmentation(METHODS[config.method](ctx, (data.data - ref.data).ravel()))
+            save_npy_atomic(out / f"{path.stem}.npy", seg)
+            case = {"case": path.stem, "level": config.level, "patterns": int(data.shape[0]),
+                    "measurements": int(data.shape[1]), "seconds": round(time.perf_counter() - t0, 2)}
+            details = ctx.cache.pop("details", None)  # a method's own figures (e.g. the atlas descent's)
+            if details is not None:
+                case["details"] = details
+            if truth is not None:
+                scores = class_scores(truth, seg)
+                case.update(score=0.5 * (scores[1] + scores[2]), score_resistive=scores[1],
+                            score_conductive=scores[2])
+            title = f"{path.stem} ({config.method}, level {config.level})"
+            plot_case(out / f"{path.stem}.png", image, seg, truth, title=title)
+            cases.append(case)
+        summary = {"config": asdict(config), "cases": cases,
+                   "calibration": [c.calibration.to_dict() for c in contexts.values()]}
+        scored = [c["score"] for c in cases if "score" in c]
+        if scored:
+            summary["mean_score"] = float(np.mean(scored))
+        write_json(out / "summary.json", summary)
+        if scored:
+            write_json(out / "scores.json", {"method": config.method, "level": config.level, "cases": cases,
+                                             "mean_score": summary["mean_score"]})
+            write_bytes_atomic(out / "scores.md", markdown_table(cases, config.method).encode())
     return summary
 
 

@@ -19,13 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from eit_manifold.io import read_json, save_npz_atomic
-from eit_manifold.ktc.data import read_ktc
+from eit_manifold.io import check_output_dir, read_json, save_npz_atomic, staged_dir
+from eit_manifold.ktc.data import check_level, read_ktc
 from eit_manifold.ktc.score import class_scores
 from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
-from eit_manifold.ktc.segmenter import SegmenterNet, TrainConfig, predict, save_segmenter, train_segmenter
+from eit_manifold.ktc.segmenter import (
+    SegmenterNet,
+    TrainConfig,
+    check_checkpoint,
+    predict,
+    save_segmenter,
+    train_segmenter,
+)
 from eit_manifold.ktc.simulation import SimulationConfig, simulate_pairs
 from eit_manifold.pipelines.ktc import (
+    MAX_GRID,
     ReconstructionContext,
     build_context,
     check_prior_scales,
@@ -34,6 +42,7 @@ from eit_manifold.pipelines.ktc import (
     segmenter_inputs,
     truth_grid,
 )
+from eit_manifold.validation import check_input_dir, check_int
 
 SIMULATION_FILE = "simulation.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -64,6 +73,15 @@ class SegmenterRunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prior_scales", check_prior_scales(self.prior_scales))
+        check_level(self.level)
+        check_int("--grid", self.grid, 4, MAX_GRID)
+        check_int("--n-train", self.n_train, 1, 1_000_000)
+        check_int("--n-val", self.n_val, 1, 100_000)
+        self.train_config()  # --epochs, --width, --seed
+
+    def train_config(self) -> TrainConfig:
+        """The network's training settings."""
+        return TrainConfig(epochs=self.epochs, width=self.width, seed=self.seed)
 
 
 def _simulate(
@@ -76,8 +94,7 @@ def _simulate(
     key = {"format": 2, "level": cfg.level, "n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
            "simulation": asdict(sim), "sigma0": ctx.sigma0}
     if path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            stored = {k: f[k] for k in f.files}
+        stored = read_cache(path)
         if str(stored.get("key")) == repr(key):
             return stored
 
@@ -90,6 +107,28 @@ def _simulate(
             "val_noise": val["noise"]}
     save_npz_atomic(path, **data)
     return data
+
+
+def read_cache(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a simulation cache; ``ValueError`` naming the file when it is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored = {k: f[k] for k in f.files}
+    except Exception as exc:  # a truncated or foreign file: numpy raises assorted errors
+        raise ValueError(f"simulation cache {path} is damaged ({' '.join(str(exc).split())}): remove it to "
+                         "simulate again") from exc
+    if "key" not in stored:
+        raise ValueError(f"{path} is not a simulation cache of ktc-train (no 'key'): remove it or choose another --out")
+    return stored
+
+
+def _provenance(cfg: SegmenterRunConfig, ref_path: Path, sim: SimulationConfig) -> dict:
+    """What identifies a ``ktc-train`` run (stored in its checkpoint): data, sizes, seeds, simulation."""
+    from eit_manifold.manifold.checkpoint import file_sha256
+
+    return {"format": 1, "reference_sha256": file_sha256(ref_path), "level": cfg.level, "grid": cfg.grid,
+            "n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed, "prior_scales": list(cfg.prior_scales),
+            "simulation": asdict(sim)}
 
 
 def validation_scores(
@@ -113,25 +152,32 @@ def train_ktc_segmenter(cfg: SegmenterRunConfig) -> dict:
     from eit_manifold.ktc.plots import plot_segmenter_validation
     from eit_manifold.seeding import seed_everything
 
-    seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ref_path = Path(cfg.data_dir) / "ref.mat"
+    # every check before the calibration: data, output directory, a cache or checkpoint left there
+    data_dir = check_input_dir(cfg.data_dir, "KTC data directory")
+    ref_path = data_dir / "ref.mat"
     if not ref_path.is_file():
         raise FileNotFoundError(f"no ref.mat in {cfg.data_dir}")
-    t0 = time.perf_counter()
     reference = read_ktc(ref_path, cfg.level)
+    out = check_output_dir(cfg.out, "--out")
+    sim = SimulationConfig()
+    provenance = _provenance(cfg, ref_path, sim)
+    train_cfg = cfg.train_config()
+    if (out / SIMULATION_FILE).is_file():
+        read_cache(out / SIMULATION_FILE)
+    if (out / CHECKPOINT_FILE).is_file():
+        check_checkpoint(out / CHECKPOINT_FILE, train_cfg, cfg.n_train, provenance)
+
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
     ctx = build_context(reference, cfg.grid)
     t_cal = time.perf_counter() - t0
-    sim = SimulationConfig()
     data = _simulate(ctx, cfg, sim, out / SIMULATION_FILE)
     for part in ("train", "val"):
         data[f"{part}_inputs"] = segmenter_inputs(ctx, data[f"{part}_changes"].T, cfg.prior_scales).astype(np.float32)
     data["val_linear"] = linear_images(ctx, data["val_changes"].T) / ctx.sigma0
     t_sim = time.perf_counter() - t0 - t_cal
-    train_cfg = TrainConfig(epochs=cfg.epochs, width=cfg.width, seed=cfg.seed)
     net, history = train_segmenter(data["train_inputs"], data["train_labels"], train_cfg,
-                                   checkpoint=out / CHECKPOINT_FILE, progress=cfg.progress)
+                                   checkpoint=out / CHECKPOINT_FILE, progress=cfg.progress, provenance=provenance)
     t_train = time.perf_counter() - t0 - t_cal - t_sim
     scores = validation_scores(net, data["val_inputs"], data["val_truths"], data["val_linear"])
     meta = {
@@ -143,7 +189,8 @@ def train_ktc_segmenter(cfg: SegmenterRunConfig) -> dict:
         "validation": {k: {"mean": float(v.mean()), "std": float(v.std())} for k, v in scores.items()},
         "seconds": {"calibration": round(t_cal, 1), "simulation": round(t_sim, 1), "training": round(t_train, 1)},
     }
-    save_segmenter(net, out, meta)
-    plot_segmenter_validation(out / "validation.png", net, data, scores, history)
+    with staged_dir(out) as stage:  # the network and its figure appear together
+        save_segmenter(net, stage, meta)
+        plot_segmenter_validation(stage / "validation.png", net, data, scores, history)
     return read_json(out / "config.json")
 
