@@ -132,6 +132,11 @@ def _writable_parent(path: Path, what: str) -> None:
         if parent.is_symlink():  # a dangling link
             raise OutputError(f"{what} {path}: {parent} is a dangling symbolic link")
         parent = parent.parent
+    for ancestor in (path.parent, *path.parent.parents):  # the first existing one that is not a directory
+        if ancestor.exists() and not ancestor.is_dir():
+            raise OutputError(f"{what} {path}: {ancestor} is not a directory")
+        if ancestor == parent:
+            break
     if not parent.is_dir():
         raise OutputError(f"{what} {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -155,7 +160,7 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
         raise OutputError(f"{what}: empty path")
     try:
         mode = path.lstat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file on the way, reported below
         mode = None
     except OSError as exc:
         raise OutputError(f"{what} {path}: {exc.strerror}") from exc

@@ -170,7 +170,9 @@ def numeric_array(
         raise InputError(f"{where} must not be empty, got shape {arr.shape}")
     arr = arr.astype(np.float64)
     if finite:
-        bad = ~np.isfinite(arr) & ~(np.isnan(arr) if allow_nan else False)
+        bad = ~np.isfinite(arr)
+        if allow_nan:
+            bad &= ~np.isnan(arr)
         if np.any(bad):
             raise InputError(f"{where} contains non-finite values (e.g. {arr.ravel()[np.argmax(bad.ravel())]})")
     return arr

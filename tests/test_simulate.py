@@ -55,14 +55,14 @@ def test_image_phantom_maps_to_sigma_range(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--electrodes", "1"], "n_electrodes"),
-        (["--contact-impedance", "-1"], "contact_impedance"),
+        (["--electrodes", "1"], "--electrodes"),
+        (["--contact-impedance", "-1"], "--contact-impedance"),
         (["--phantom", "image"], "--phantom-image"),
         (["--phantom", "image", "--phantom-image", "nope.npy"], "not found"),
         (["--sigma-background", "nan"], "background"),
-        (["--injection", "diagonal"], "unknown injection"),
+        (["--injection", "diagonal"], "--injection must be one of"),
         (["--mesh", "missing.msh"], "missing.msh"),
-        (["--phantom", "blob"], "unknown phantom"),
+        (["--phantom", "blob"], "--phantom must be one of"),
         (["--noise", "abc"], "Invalid value for '--noise'"),
         (["--no-such-option"], "No such option"),
     ],

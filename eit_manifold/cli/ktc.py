@@ -80,7 +80,6 @@ def ktc_train_command(
 
     from eit_manifold.ktc.data import check_level
     from eit_manifold.pipelines.ktc_segmenter import SegmenterRunConfig, train_ktc_segmenter
-
     from eit_manifold.validation import check_int
 
     check_level(level)

@@ -89,11 +89,11 @@ class SimulateConfig:
             check_float("--mesh-size", self.mesh_size, self.radius / 500, self.radius)
         if self.mesh is not None and self.mesh not in MESH_PRESETS:
             check_input_file(self.mesh, "mesh file")
-        self.tank()  # electrode count, widths and overlaps
-        injection_patterns(self.injection, self.electrodes)  # e.g. opposite needs an even count
         # the lowest conductivity the phantom can have decides what z double precision resolves
         check_contact_impedance(self.contact_impedance, self.electrode_width,
                                 min(self.sigma_background, self.sigma_min))
+        self.tank()  # electrode count, widths and overlaps
+        injection_patterns(self.injection, self.electrodes)  # e.g. opposite needs an even count
         if self.phantom in ("image", "conductivity") and self.phantom_image is None:
             raise InputError(f"--phantom {self.phantom} needs --phantom-image FILE.npy")
 
