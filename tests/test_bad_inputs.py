@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from ktc_paths import ktc_dir
 
 from eit_manifold.operators.eit.data_file import REQUIRED_KEYS, read_measurements
-from ktc_paths import ktc_dir
 
 HERE = Path(__file__).parent
 
