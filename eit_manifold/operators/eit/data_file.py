@@ -133,16 +133,12 @@ def read_measurements(path: str | Path) -> MeasurementData:
     if missing:
         raise InputError(f"measurement file {path} lacks key(s) {', '.join(missing)}")
     where = f"measurement file {path}"
+    scalars = {}
     for key in ("radius", "noise_level"):
         if np.ndim(arrays[key]) != 0:
             raise InputError(f"{where}: key '{key}' must be a scalar, got shape {np.shape(arrays[key])}")
-        numeric_array(arrays[key], f"{where}: key '{key}'", allow_nan=True, finite=False)
-    data = MeasurementData(
-        **{k: arrays.pop(k) for k in REQUIRED_KEYS[:7]},
-        radius=float(arrays.pop("radius")),
-        noise_level=float(arrays.pop("noise_level")),
-        extras=arrays,
-    )
+        scalars[key] = float(numeric_array(arrays.pop(key), f"{where}: key '{key}'", finite=False))
+    data = MeasurementData(**{k: arrays.pop(k) for k in REQUIRED_KEYS[:7]}, **scalars, extras=arrays)
     return _validate(data, str(path))
 
 
