@@ -269,6 +269,8 @@ def simulate(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
                 plot_simulation(stage.path(config.plot, suffix=".png"), vertices, data.extras["conductivity"],
                                 data.measurements, data.extras["measurements_clean"], model.tank.electrode_angles,
                                 model.tank.radius)
+    if comm.size > 1:
+        comm.barrier()  # the file exists for every process when simulate returns (the demo reads it next)
     return {
         "out": config.out,
         "n_cells": model.tank_mesh.n_cells,
