@@ -108,24 +108,20 @@ def check_sigma_range(sigma_min: Any, sigma_max: Any, names: tuple[str, str] = (
 
 def check_input_file(path: str | os.PathLike, what: str = "input file") -> Path:
     """An existing, readable regular file (a directory or a missing path fails)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} {path} is not a regular file")
-    if not os.access(path, os.R_OK):
-        raise PermissionError(f"{what} {path} is not readable")
-    return path
+    return _check_input(Path(path), what, directory=False)
 
 
 def check_input_dir(path: str | os.PathLike, what: str = "input directory") -> Path:
     """An existing, readable directory."""
-    path = Path(path)
+    return _check_input(Path(path), what, directory=True)
+
+
+def _check_input(path: Path, what: str, directory: bool) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
-    if not path.is_dir():
-        raise InputError(f"{what} {path} is not a directory")
-    if not os.access(path, os.R_OK | os.X_OK):
+    if (path.is_dir() if directory else path.is_file()) is False:
+        raise InputError(f"{what} {path} is not {'a directory' if directory else 'a regular file'}")
+    if not os.access(path, os.R_OK | (os.X_OK if directory else 0)):
         raise PermissionError(f"{what} {path} is not readable")
     return path
 

@@ -78,24 +78,22 @@ def _ktc_copy(root: Path, **replace: dict) -> Path:
     return d
 
 
-def _atlas_with(root: Path, **chart_changes) -> Path:
-    src = HERE.parent / "eit_manifold" / "atlases" / "balls"
-    d = root / "atlas"
+def _copy_with(root: Path, src: Path, chart: bool, **changes) -> Path:
+    """A copy of a bundled atlas or network directory with entries of its config.json changed."""
+    d = root / src.name
     shutil.copytree(src, d)
     config = json.loads((d / "config.json").read_text())
-    config["chart"].update(chart_changes)
+    (config["chart"] if chart else config).update(changes)
     (d / "config.json").write_text(json.dumps(config))
     return d
+
+
+def _atlas_with(root: Path, **chart_changes) -> Path:
+    return _copy_with(root, HERE.parent / "eit_manifold" / "atlases" / "balls", True, **chart_changes)
 
 
 def _segmenter_with(root: Path, **changes) -> Path:
-    src = HERE.parent / "eit_manifold" / "models" / "ktc-segmenter"
-    d = root / "segmenter"
-    shutil.copytree(src, d)
-    config = json.loads((d / "config.json").read_text())
-    config.update(changes)
-    (d / "config.json").write_text(json.dumps(config))
-    return d
+    return _copy_with(root, HERE.parent / "eit_manifold" / "models" / "ktc-segmenter", False, **changes)
 
 
 def _other_segmenter_checkpoint(root: Path) -> Path:

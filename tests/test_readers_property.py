@@ -4,9 +4,11 @@ allocation, never data that break the documented invariants."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,14 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="eitm-prop-"))
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    """A fresh directory per example (hypothesis runs many examples in one test call)."""
+    work = Path(tempfile.mkdtemp(prefix="eitm-prop-"))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work)
 
 
 def _valid_measurement_arrays(L: int = 8) -> dict[str, np.ndarray]:
@@ -54,8 +62,7 @@ def test_measurement_reader_accepts_only_valid_files(key, value):
         arrays.pop(key, None)
     else:
         arrays[key] = value
-    work = _workdir()
-    try:
+    with _workdir() as work:
         np.savez(work / "m.npz", **arrays)
         try:
             data = read_measurements(work / "m.npz")
@@ -73,20 +80,6 @@ def test_measurement_reader_accepts_only_valid_files(key, value):
         assert np.allclose(data.currents.sum(axis=1), 0, atol=1e-8 * np.abs(data.currents).max())
         for arr in (data.currents, data.measurements, data.measurement_matrix):
             assert arr.dtype == np.float64
-    finally:
-        shutil.rmtree(work)
-
-
-@SETTINGS
-@given(data=st.binary(max_size=300))
-def test_measurement_reader_rejects_arbitrary_bytes(data):
-    work = _workdir()
-    try:
-        (work / "m.npz").write_bytes(data)
-        with pytest.raises(ValueError, match="m.npz"):
-            read_measurements(work / "m.npz")
-    finally:
-        shutil.rmtree(work)
 
 
 def _ktc_value(shape):
@@ -100,8 +93,7 @@ def _ktc_value(shape):
 def test_ktc_reader_accepts_only_valid_files(keys):
     from eit_manifold.ktc.data import read_raw
 
-    work = _workdir()
-    try:
+    with _workdir() as work:
         scipy.io.savemat(work / "data1.mat", keys or {"other": np.zeros(1)})
         try:
             currents, matrix, data = read_raw(work / "data1.mat")
@@ -110,24 +102,18 @@ def test_ktc_reader_accepts_only_valid_files(keys):
             return
         assert currents.shape == (76, 32) and matrix.shape == (31, 32) and data.shape == (76, 31)
         assert np.all(np.isfinite(currents)) and np.all(np.isfinite(matrix)) and not np.any(np.isinf(data))
-    finally:
-        shutil.rmtree(work)
 
 
 @SETTINGS
 @given(data=st.binary(max_size=300))
-def test_ktc_reader_rejects_arbitrary_bytes(data):
+def test_readers_reject_arbitrary_bytes(data):
     from eit_manifold.ktc.data import read_ktc, read_truth
 
-    work = _workdir()
-    try:
-        (work / "x.mat").write_bytes(data)
-        with pytest.raises(ValueError, match="x.mat"):
-            read_ktc(work / "x.mat")
-        with pytest.raises(ValueError, match="x.mat"):
-            read_truth(work / "x.mat")
-    finally:
-        shutil.rmtree(work)
+    with _workdir() as work:
+        for name, read in (("m.npz", read_measurements), ("x.mat", read_ktc), ("x.mat", read_truth)):
+            (work / name).write_bytes(data)
+            with pytest.raises(ValueError, match=name):
+                read(work / name)
 
 
 _json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.integers(10**6, 10**15),
@@ -144,8 +130,7 @@ _CHART_KEYS = ["data_shape", "latent_dim", "sigma_hd", "blocks", "hidden", "conv
 def test_atlas_directory_loader_rejects_damaged_configs_quickly(key, value):
     from eit_manifold.manifold import load_atlas
 
-    work = _workdir()
-    try:
+    with _workdir() as work:
         src = REPO / "eit_manifold" / "atlases" / "balls-k1"
         shutil.copytree(src, work / "atlas")
         config = json.loads((work / "atlas" / "config.json").read_text())
@@ -158,8 +143,6 @@ def test_atlas_directory_loader_rejects_damaged_configs_quickly(key, value):
             return
         # accepted only if the config still describes the stored weights exactly
         assert sum(p.numel() for p in atlas.parameters()) == 287234
-    finally:
-        shutil.rmtree(work)
 
 
 @settings(max_examples=12, deadline=None)
@@ -168,14 +151,11 @@ def test_mesh_reader_rejects_damaged_files(cut, noise):
     from eit_manifold.operators.eit.geometry import Tank
     from eit_manifold.operators.eit.mesh import load_tank_mesh
 
-    work = _workdir()
-    try:
+    with _workdir() as work:
         text = (REPO / "meshes" / "coarse.msh").read_bytes()
         (work / "m.msh").write_bytes(text[: int(cut * len(text))] + noise)
         with pytest.raises(ValueError, match="m.msh"):
             load_tank_mesh(work / "m.msh", Tank())
-    finally:
-        shutil.rmtree(work)
 
 
 @SETTINGS
@@ -183,8 +163,7 @@ def test_mesh_reader_rejects_damaged_files(cut, noise):
 def test_phantom_image_reader_returns_usable_images_or_rejects(image, kind):
     from eit_manifold.pipelines.simulate import load_phantom_image
 
-    work = _workdir()
-    try:
+    with _workdir() as work:
         np.save(work / "p.npy", image)
         try:
             x = load_phantom_image(work / "p.npy", kind)
@@ -193,5 +172,3 @@ def test_phantom_image_reader_returns_usable_images_or_rejects(image, kind):
             return
         assert x.ndim == 2 and x.dtype == np.float64 and np.all(np.isfinite(x))
         assert (x.min() >= 0 and x.max() <= 1) if kind == "image" else x.min() > 0
-    finally:
-        shutil.rmtree(work)

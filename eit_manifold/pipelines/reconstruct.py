@@ -27,14 +27,12 @@ from eit_manifold.io import check_output_dir, save_npy_atomic, staged_dir, write
 from eit_manifold.metrics import psnr, relative_data_misfit, relative_l2, ssim
 from eit_manifold.operators.eit import EITOperator, Tank
 from eit_manifold.operators.eit.data_file import MeasurementData, read_measurements
-from eit_manifold.operators.eit.mesh import MESH_PRESETS, tank_mesh
+from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
 from eit_manifold.operators.eit.pixels import pixel_centres
 from eit_manifold.validation import (
     InputError,
     check_choice,
     check_contact_impedance,
-    check_float,
-    check_input_file,
     check_int,
     check_seed,
     check_sigma_range,
@@ -77,10 +75,7 @@ class ReconstructConfig:
         check_sigma_range(self.sigma_min, self.sigma_max)
         check_int("--image-size", self.image_size, 8, MAX_IMAGE_SIZE)
         check_seed("--seed", self.seed)
-        if self.mesh is not None and self.mesh_size is not None:
-            raise InputError(f"give either --mesh ({self.mesh}) or --mesh-size ({self.mesh_size}), not both")
-        if self.mesh is not None and self.mesh not in MESH_PRESETS:
-            check_input_file(self.mesh, "mesh file")
+        check_mesh_option(self.mesh, self.mesh_size)
 
 
 @dataclass
@@ -304,8 +299,7 @@ def check_inputs(files: list[str], config: ReconstructConfig, batch: bool = Fals
         data.tank()  # equally spaced electrodes (the only kind the mesh generator makes)
         check_contact_impedance(data.contact_impedance, data.electrode_width, config.sigma_min,
                                 f"measurement file {f}: key 'contact_impedance'")
-        if config.mesh_size is not None:
-            check_float("--mesh-size", config.mesh_size, data.radius / 500, data.radius)
+        check_mesh_option(config.mesh, config.mesh_size, data.radius)
         datas.append(data)
     if config.method == "atlas":
         from eit_manifold.manifold import load_atlas

@@ -18,7 +18,7 @@ from eit_manifold.io import check_output_file, staged_files
 from eit_manifold.operators.eit.data_file import MAX_ELECTRODES, MeasurementData, add_noise, write_measurements
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.geometry import Tank
-from eit_manifold.operators.eit.mesh import MESH_PRESETS, tank_mesh
+from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
 from eit_manifold.operators.eit.patterns import INJECTIONS, MEASUREMENTS, injection_patterns
 from eit_manifold.operators.eit.phantoms import (
     default_disks,
@@ -33,7 +33,6 @@ from eit_manifold.validation import (
     check_choice,
     check_contact_impedance,
     check_float,
-    check_input_file,
     check_int,
     check_positive,
     check_seed,
@@ -85,10 +84,7 @@ class SimulateConfig:
         check_float("--noise", self.noise, 0.0, 10.0)
         check_seed("--seed", self.seed)
         check_int("image_size", self.image_size, 8, MAX_IMAGE_SIDE)
-        if self.mesh_size is not None:
-            check_float("--mesh-size", self.mesh_size, self.radius / 500, self.radius)
-        if self.mesh is not None and self.mesh not in MESH_PRESETS:
-            check_input_file(self.mesh, "mesh file")
+        check_mesh_option(self.mesh, self.mesh_size, self.radius)
         # the lowest conductivity the phantom can have decides what z double precision resolves
         check_contact_impedance(self.contact_impedance, self.electrode_width,
                                 min(self.sigma_background, self.sigma_min))

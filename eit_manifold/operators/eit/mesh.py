@@ -268,6 +268,22 @@ def load_tank_mesh(path: str | Path, tank: Tank, comm: MPI.Comm = MPI.COMM_WORLD
     return TankMesh(data.mesh, data.facet_tags, tank, str(path))
 
 
+def check_mesh_option(mesh: str | None, mesh_size: float | None, radius: float | None = None) -> None:
+    """Check ``--mesh`` / ``--mesh-size`` before any meshing: a preset or an existing file, not both,
+    and (given the tank's ``radius``) an element size in [R/500, R] (smaller would mean millions of
+    cells)."""
+    from eit_manifold.validation import InputError, check_float, check_input_file
+
+    if mesh is not None and mesh_size is not None:
+        raise InputError(f"give either --mesh ({mesh}) or --mesh-size ({mesh_size}), not both")
+    if mesh is not None and mesh not in MESH_PRESETS:
+        check_input_file(mesh, "mesh file")
+    if mesh_size is not None:
+        check_float("--mesh-size", mesh_size, 0.0, lo_open=True)
+        if radius is not None:
+            check_float("--mesh-size", mesh_size, radius / 500, radius)
+
+
 def tank_mesh(
     tank: Tank,
     mesh: str | Path | MeshOptions | None = None,
