@@ -83,9 +83,11 @@ def test_error_under_mpirun_ends_the_run(tmp_path):
 
 
 def test_mpirun_batch_with_one_bad_file_is_one_line_and_writes_nothing(tmp_path):
+    from eit_manifold.pipelines.simulate import SimulateConfig, simulate
+
     cli = ["-c", "from eit_manifold.cli import main; main()"]
     good = tmp_path / "good.npz"
-    assert _run(1, [*cli, "simulate", "--mesh-size", "0.3", "--out", str(good)]).returncode == 0
+    simulate(SimulateConfig(mesh_size=0.3, out=str(good)))
     arrays = dict(np.load(good))
     np.savez(tmp_path / "bad.npz", **{**arrays, "radius": np.array([1.0, 2.0])})
     proc = _run(2, [*cli, "reconstruct", "--batch", "--data", str(good), "--data", str(tmp_path / "bad.npz"),
