@@ -248,16 +248,21 @@ def _publish_checks(staging: Path, out: Path) -> None:
             check_output_file(dest, "output")
 
 
-def _publish(staging: Path, out: Path) -> None:
+def _chmod_tree(path: Path) -> None:
+    """Give ``path`` and everything below it the modes the umask allows (mkstemp/mkdtemp's are 0600/0700)."""
     dir_mode, file_mode = umask_mode(0o777), umask_mode()
-    if not out.exists():
-        # the whole tree appears at once
-        for root, dirs, files in os.walk(staging):
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
             for d in dirs:
                 os.chmod(Path(root) / d, dir_mode)
             for f in files:
                 os.chmod(Path(root) / f, file_mode)
-        os.chmod(staging, dir_mode)
+    os.chmod(path, dir_mode if path.is_dir() else file_mode)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    if not out.exists():  # the whole tree appears at once
+        _chmod_tree(staging)
         out.parent.mkdir(parents=True, exist_ok=True)  # staged in the nearest existing ancestor
         os.rename(staging, out)
         return
@@ -266,13 +271,7 @@ def _publish(staging: Path, out: Path) -> None:
         if src.is_dir() and dest.is_dir():
             _publish(src, dest)
         else:
-            if src.is_dir():
-                for root, dirs, files in os.walk(src):
-                    for d in dirs:
-                        os.chmod(Path(root) / d, dir_mode)
-                    for f in files:
-                        os.chmod(Path(root) / f, file_mode)
-            os.chmod(src, dir_mode if src.is_dir() else file_mode)
+            _chmod_tree(src)
             os.replace(src, dest)
 
 
