@@ -222,6 +222,23 @@ def _cases():
            "overlap")
     yield ("simulate-opposite-odd", lambda t, ms: [*sim, "--electrodes", "15", "--injection", "opposite",
                                                    "--out", str(t / "s.npz")], "even number")
+    yield ("simulate-contact-negative", lambda t, ms: [*sim, "--contact-impedance", "-1", "--out", str(t / "s.npz")],
+           "--contact-impedance")
+    yield ("simulate-image-without-file", lambda t, ms: [*sim, "--phantom", "image", "--out", str(t / "s.npz")],
+           "needs --phantom-image")
+    yield ("simulate-image-missing", lambda t, ms: [*sim, "--phantom", "image", "--phantom-image", "nope.npy",
+                                                    "--out", str(t / "s.npz")], "not found")
+    yield ("simulate-background-nan", lambda t, ms: [*sim, "--sigma-background", "nan", "--out", str(t / "s.npz")],
+           "--sigma-background")
+    yield ("simulate-injection", lambda t, ms: [*sim, "--injection", "diagonal", "--out", str(t / "s.npz")],
+           "--injection must be one of")
+    yield ("simulate-phantom", lambda t, ms: [*sim, "--phantom", "blob", "--out", str(t / "s.npz")],
+           "--phantom must be one of")
+    yield ("simulate-missing-mesh", lambda t, ms: ["simulate", "--mesh", "missing.msh", "--out", str(t / "s.npz")],
+           "missing.msh")
+    yield ("simulate-noise-text", lambda t, ms: [*sim, "--noise", "abc", "--out", str(t / "s.npz")],
+           "Invalid value for '--noise'")
+    yield ("simulate-unknown-option", lambda t, ms: [*sim, "--no-such-option"], "No such option")
     yield ("simulate-garbage-mesh", lambda t, ms: ["simulate", "--mesh", str(_bytes(t, "m.msh")), "--out",
                                                    str(t / "s.npz")], "cannot read mesh file")
 
