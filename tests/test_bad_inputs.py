@@ -212,33 +212,27 @@ def _cases():
                                                       str(_npy(t, "f.npy", 1) / "p.png")], "is not a directory")
     yield ("simulate-out-is-dir", lambda t, ms: [*sim, "--out", str(t)], "is a directory")
     yield ("simulate-out-symlink", lambda t, ms: [*sim, "--out", str(_symlink(t))], "symbolic link")
-    yield ("simulate-electrodes-0", lambda t, ms: [*sim, "--electrodes", "0", "--out", str(t / "s.npz")],
-           "--electrodes")
-    yield ("simulate-noise-negative", lambda t, ms: [*sim, "--noise", "-1", "--out", str(t / "s.npz")], "--noise")
+    simulate_options = {  # id: (options, message); every run has --mesh-size 0.3 --out s.npz
+        "electrodes-0": (["--electrodes", "0"], "--electrodes"),
+        "noise-negative": (["--noise", "-1"], "--noise"),
+        "radius-inf": (["--radius", "inf"], "--radius"),
+        "wide-electrodes": (["--electrode-width", "1"], "overlap"),
+        "opposite-odd": (["--electrodes", "15", "--injection", "opposite"], "even number"),
+        "contact-negative": (["--contact-impedance", "-1"], "--contact-impedance"),
+        "image-without-file": (["--phantom", "image"], "needs --phantom-image"),
+        "image-missing": (["--phantom", "image", "--phantom-image", "nope.npy"], "not found"),
+        "background-nan": (["--sigma-background", "nan"], "--sigma-background"),
+        "injection": (["--injection", "diagonal"], "--injection must be one of"),
+        "phantom": (["--phantom", "blob"], "--phantom must be one of"),
+        "noise-text": (["--noise", "abc"], "Invalid value for '--noise'"),
+        "unknown-option": (["--no-such-option"], "No such option"),
+    }
+    for name, (options, message) in simulate_options.items():
+        yield (f"simulate-{name}", lambda t, ms, o=options: [*sim, *o, "--out", str(t / "s.npz")], message)
     yield ("simulate-mesh-size-0", lambda t, ms: ["simulate", "--mesh-size", "0", "--out", str(t / "s.npz")],
            "--mesh-size")
-    yield ("simulate-radius-inf", lambda t, ms: [*sim, "--radius", "inf", "--out", str(t / "s.npz")], "--radius")
-    yield ("simulate-wide-electrodes", lambda t, ms: [*sim, "--electrode-width", "1", "--out", str(t / "s.npz")],
-           "overlap")
-    yield ("simulate-opposite-odd", lambda t, ms: [*sim, "--electrodes", "15", "--injection", "opposite",
-                                                   "--out", str(t / "s.npz")], "even number")
-    yield ("simulate-contact-negative", lambda t, ms: [*sim, "--contact-impedance", "-1", "--out", str(t / "s.npz")],
-           "--contact-impedance")
-    yield ("simulate-image-without-file", lambda t, ms: [*sim, "--phantom", "image", "--out", str(t / "s.npz")],
-           "needs --phantom-image")
-    yield ("simulate-image-missing", lambda t, ms: [*sim, "--phantom", "image", "--phantom-image", "nope.npy",
-                                                    "--out", str(t / "s.npz")], "not found")
-    yield ("simulate-background-nan", lambda t, ms: [*sim, "--sigma-background", "nan", "--out", str(t / "s.npz")],
-           "--sigma-background")
-    yield ("simulate-injection", lambda t, ms: [*sim, "--injection", "diagonal", "--out", str(t / "s.npz")],
-           "--injection must be one of")
-    yield ("simulate-phantom", lambda t, ms: [*sim, "--phantom", "blob", "--out", str(t / "s.npz")],
-           "--phantom must be one of")
     yield ("simulate-missing-mesh", lambda t, ms: ["simulate", "--mesh", "missing.msh", "--out", str(t / "s.npz")],
            "missing.msh")
-    yield ("simulate-noise-text", lambda t, ms: [*sim, "--noise", "abc", "--out", str(t / "s.npz")],
-           "Invalid value for '--noise'")
-    yield ("simulate-unknown-option", lambda t, ms: [*sim, "--no-such-option"], "No such option")
     yield ("simulate-garbage-mesh", lambda t, ms: ["simulate", "--mesh", str(_bytes(t, "m.msh")), "--out",
                                                    str(t / "s.npz")], "cannot read mesh file")
 
