@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from eit_manifold.operators.eit.data_file import MeasurementData, add_noise, write_measurements
+from eit_manifold.operators.eit.data_file import MeasurementData, write_measurements
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import tank_mesh
@@ -25,6 +25,7 @@ from eit_manifold.operators.eit.phantoms import (
     random_inclusions,
 )
 from eit_manifold.operators.eit.pixels import pixel_centres
+from eit_manifold.operators.noise import RelativeNoise
 from eit_manifold.seeding import seed_everything
 
 PHANTOMS = ("homogeneous", "disks", "image", "balls", "disk", "three-disks", "ellipse")
@@ -150,7 +151,7 @@ def simulate_data(config: SimulateConfig, model: CEMForwardModel, rng: np.random
     return MeasurementData(
         currents=model.currents,
         electrode_potentials=result.electrode_potentials,
-        measurements=add_noise(clean, config.noise, rng),
+        measurements=RelativeNoise(config.noise).sample(clean, rng),
         measurement_matrix=model.measurement_matrix,
         electrode_angles=tank.electrode_angles,
         electrode_width=tank.widths.copy(),
