@@ -368,6 +368,8 @@ def run_deblur(cfg: DeblurConfig, out: str | Path) -> dict:
         + markdown_table(oof, cfg, title=f"Out-of-family images, noise std {cfg.noise:g}")
         + "\n"
         + per_image_table(oof, list(OUT_OF_FAMILY))
+        + "\nPSNR [dB] per held-out bar (true angle):\n\n"
+        + per_image_table(methods, [f"bar {i} ({math.degrees(a):.0f} deg)" for i, a in enumerate(angles)])
     )
     write_bytes_atomic(out / "results.md", text.encode())
     from eit_manifold.plotting import reconstruction_grid
