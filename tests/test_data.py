@@ -71,6 +71,23 @@ def test_bars_angle_and_values() -> None:
     assert angle_error(0.05, np.pi - 0.05) == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize(("size", "length", "width"), [(128, 50, 10), (64, 25, 5)])
+def test_bars_have_the_papers_size(size: int, length: int, width: int) -> None:
+    horizontal = render_bar(0.0, size)
+    assert set(np.unique(horizontal)) <= {0.5, 0.5625, 0.625, 0.75}  # half pixels at 64 (odd 25, 5)
+    inside = (horizontal - BAR_BACKGROUND) / BAR_CONTRAST
+    assert np.sum(inside) == pytest.approx(length * width)
+    assert np.count_nonzero(inside.sum(axis=0)) == length + length % 2  # columns touched
+    assert np.sum(inside, axis=0).max() == pytest.approx(width)
+    assert np.isclose(inside.max(), 1.0)
+    for angle in (0.3, 1.1, 2.5):  # any angle: the same area, centred in the image
+        img = (render_bar(angle, size) - BAR_BACKGROUND) / BAR_CONTRAST
+        assert img.sum() == pytest.approx(length * width, rel=5e-3)
+        rows, cols = np.indices(img.shape)
+        assert (img * rows).sum() / img.sum() == pytest.approx((size - 1) / 2, abs=1e-4)
+        assert (img * cols).sum() / img.sum() == pytest.approx((size - 1) / 2, abs=1e-4)
+
+
 def test_balls_inside_tank_and_in_range() -> None:
     images, params = make_images("balls", 30, size=64)
     assert 0.0 <= images.min() and images.max() <= 1.0

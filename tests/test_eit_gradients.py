@@ -131,3 +131,18 @@ def test_parametrisation_and_lbfgs_fit(small_op):
     start = closure().item()
     opt.step(closure)
     assert closure().item() < 1e-4 * start
+
+
+def test_operator_carries_a_relative_noise_model(small_op):
+    from eit_manifold.operators.noise import RelativeNoise
+
+    assert small_op.noise_model == RelativeNoise(0.0)
+    op = EITOperator.from_model(small_op.model, image_shape=(6, 6), noise_model=RelativeNoise(0.01))
+    sigma = torch.ones(1, 6, 6, dtype=torch.float64)
+    clean = op(sigma)
+    a, b = (op.measure(sigma, torch.Generator().manual_seed(2)) for _ in range(2))
+    assert torch.equal(a, b)
+    expected = clean + op.noise_model.std(clean) * torch.randn(
+        clean.shape, generator=torch.Generator().manual_seed(2), dtype=clean.dtype)
+    torch.testing.assert_close(a, expected)
+    assert not torch.equal(a, clean)

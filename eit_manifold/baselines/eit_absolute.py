@@ -29,7 +29,7 @@ from eit_manifold.baselines.eit_linear import (
     tv_solve,
 )
 from eit_manifold.operators.eit import CEMForwardModel
-from eit_manifold.operators.eit.data_file import relative_noise_std
+from eit_manifold.operators.noise import RelativeNoise
 
 GRID = 32
 TAU = 1.2
@@ -72,7 +72,7 @@ def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: floa
     """
     model: CEMForwardModel = problem.operator.model
     data = problem.data.measurements
-    std = relative_noise_std(data, max(problem.data.noise_level, 1e-3)).ravel()  # the file's noise model
+    std = RelativeNoise(max(problem.data.noise_level, 1e-3)).std(data).ravel()  # the file's noise model
     iterations = 10 if iterations is None else int(iterations)
     basis = pixel_basis(model, GRID)
     sigma0 = homogeneous_fit(model, data)

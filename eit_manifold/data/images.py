@@ -2,9 +2,11 @@
 (``ktc``: in ``[-1, 1]``).
 
 ``bars`` (d = 1)
-    A centred rectangle of length :data:`BAR_LENGTH` and width :data:`BAR_WIDTH`, rotated by an
-    angle ``theta`` uniform in ``[0, pi)``, value ``BAR_BACKGROUND + BAR_CONTRAST = 0.75`` on the
-    background ``BAR_BACKGROUND = 0.5``. The image only depends on ``theta`` modulo ``pi``; compare
+    The paper's bars: a rectangle centred in the image, 50 x 10 px at 128 x 128 (25 x 5 px at
+    64 x 64: every length scales with the image, so :data:`BAR_LENGTH` and :data:`BAR_WIDTH` are
+    fractions of the side ``2``), rotated by an angle ``theta`` uniform in ``[0, pi)``, value
+    ``BAR_BACKGROUND + BAR_CONTRAST = 0.75`` on the background ``BAR_BACKGROUND = 0.5``. The image
+    only depends on ``theta`` modulo ``pi``; compare
     angles with :func:`eit_manifold.metrics.angle_error` (re-exported here). Parameters: ``{"angle": theta}``.
 ``balls`` (d = 6)
     Two disjoint disks inside the unit disk on the background ``BALL_BACKGROUND = 0.5``: a
@@ -39,8 +41,9 @@ from eit_manifold.metrics import angle_error as angle_error  # re-export (modulo
 
 BAR_BACKGROUND = 0.5
 BAR_CONTRAST = 0.25
-BAR_LENGTH = 1.2
-BAR_WIDTH = 0.3
+BAR_PAPER_SIZE = 128  # the paper's image side, in pixels
+BAR_LENGTH = 2 * 50 / BAR_PAPER_SIZE  # 50 px of 128, in units of the square [-1, 1]^2
+BAR_WIDTH = 2 * 10 / BAR_PAPER_SIZE  # 10 px of 128
 BALL_BACKGROUND = 0.5
 BALL_VALUES = (0.9, 0.1)
 BALL_RADII = (0.15, 0.35)
@@ -73,12 +76,23 @@ def _ramp(signed_distance: np.ndarray, size: int) -> np.ndarray:
     return np.clip(0.5 + signed_distance / h, 0.0, 1.0)
 
 
-def render_bar(angle: float, size: int = 64) -> np.ndarray:
-    """The bar image for ``angle`` (radians), float32 ``(size, size)``."""
+def rectangle_coverage(
+    angle: float, length: float, width: float, size: int, centre: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
+    """Coverage in ``[0, 1]`` of a rotated rectangle (lengths and centre in units of ``[-1, 1]^2``).
+
+    The long side (``length``) points along ``(cos angle, sin angle)``; edges are anti-aliased.
+    """
     x, y = pixel_grid(size)
+    x, y = x - centre[0], y - centre[1]
     u = x * np.cos(angle) + y * np.sin(angle)
     v = -x * np.sin(angle) + y * np.cos(angle)
-    inside = _ramp(BAR_LENGTH / 2 - np.abs(u), size) * _ramp(BAR_WIDTH / 2 - np.abs(v), size)
+    return _ramp(length / 2 - np.abs(u), size) * _ramp(width / 2 - np.abs(v), size)
+
+
+def render_bar(angle: float, size: int = 64) -> np.ndarray:
+    """The paper's bar image for ``angle`` (radians), float32 ``(size, size)``."""
+    inside = rectangle_coverage(angle, BAR_LENGTH, BAR_WIDTH, size)
     return (BAR_BACKGROUND + BAR_CONTRAST * inside).astype(np.float32)
 
 

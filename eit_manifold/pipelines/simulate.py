@@ -15,7 +15,7 @@ import numpy as np
 from mpi4py import MPI
 
 from eit_manifold.io import check_output_file, staged_files
-from eit_manifold.operators.eit.data_file import MAX_ELECTRODES, MeasurementData, add_noise, write_measurements
+from eit_manifold.operators.eit.data_file import MAX_ELECTRODES, MeasurementData, write_measurements
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
@@ -27,6 +27,7 @@ from eit_manifold.operators.eit.phantoms import (
     random_inclusions,
 )
 from eit_manifold.operators.eit.pixels import pixel_centres
+from eit_manifold.operators.noise import RelativeNoise
 from eit_manifold.seeding import seed_everything
 from eit_manifold.validation import (
     InputError,
@@ -216,7 +217,7 @@ def simulate_data(config: SimulateConfig, model: CEMForwardModel, rng: np.random
     return MeasurementData(
         currents=model.currents,
         electrode_potentials=result.electrode_potentials,
-        measurements=add_noise(clean, config.noise, rng),
+        measurements=RelativeNoise(config.noise).sample(clean, rng),
         measurement_matrix=model.measurement_matrix,
         electrode_angles=tank.electrode_angles,
         electrode_width=tank.widths.copy(),

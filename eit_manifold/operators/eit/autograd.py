@@ -19,6 +19,7 @@ from eit_manifold.operators.eit.forward import CEMForwardModel, ForwardResult
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import MeshOptions, TankMesh, tank_mesh
 from eit_manifold.operators.eit.parallel import spmd_map
+from eit_manifold.operators.noise import NoiseModel, RelativeNoise
 
 
 class _CEMFunction(torch.autograd.Function):
@@ -75,6 +76,9 @@ class EITOperator(torch.nn.Module):
     model : CEMForwardModel, optional
         Use this model (and its mesh) instead of building one; ``mesh``, ``mesh_size``,
         ``injection`` and ``measurement`` are then ignored. See :meth:`from_model`.
+    noise_model : NoiseModel, optional
+        The data's noise (``op.noise_model``; :meth:`measure` draws from it); default
+        :class:`~eit_manifold.operators.noise.RelativeNoise` of level 0.
 
     Examples
     --------
@@ -93,8 +97,10 @@ class EITOperator(torch.nn.Module):
         comm: MPI.Comm = MPI.COMM_WORLD,
         batch_comm: MPI.Comm | None = None,
         model: CEMForwardModel | None = None,
+        noise_model: NoiseModel | None = None,
     ):
         super().__init__()
+        self.noise_model: NoiseModel = RelativeNoise(0.0) if noise_model is None else noise_model
         if batch_comm is not None and batch_comm.size > 1 and comm.size > 1:
             raise ValueError("batch splitting needs the mesh on COMM_SELF: pass comm=MPI.COMM_SELF with batch_comm")
         self.batch_comm = batch_comm if batch_comm is not None else MPI.COMM_SELF
@@ -114,13 +120,14 @@ class EITOperator(torch.nn.Module):
 
     @classmethod
     def from_model(
-        cls, model: CEMForwardModel, image_shape: tuple[int, int] | None = (64, 64), batch_comm: MPI.Comm | None = None
+        cls, model: CEMForwardModel, image_shape: tuple[int, int] | None = (64, 64), batch_comm: MPI.Comm | None = None,
+        noise_model: NoiseModel | None = None,
     ) -> EITOperator:
         """Wrap an existing forward model (its mesh, impedances, patterns; e.g. a calibrated one).
 
         The model is shared, not copied: its factorisation caches and settings are reused.
         """
-        return cls(model.tank, image_shape=image_shape, batch_comm=batch_comm, model=model)
+        return cls(model.tank, image_shape=image_shape, batch_comm=batch_comm, model=model, noise_model=noise_model)
 
     @property
     def n_cells(self) -> int:
@@ -152,6 +159,10 @@ class EITOperator(torch.nn.Module):
         cells = self.to_cells(sigma)
         _check_positive(cells, "cell")
         return _CEMFunction.apply(cells, self.model, self.batch_comm)
+
+    def measure(self, sigma: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noisy data: :meth:`forward` plus a draw of ``noise_model`` from ``generator``."""
+        return self.noise_model.sample(self.forward(sigma), generator)
 
     def jacobian(self, sigma: torch.Tensor) -> torch.Tensor:
         """Jacobian of one item's data w.r.t. its input: (P*M, n_cells) or (P*M, H*W) for images.

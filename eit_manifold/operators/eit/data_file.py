@@ -14,7 +14,7 @@ key                        shape       meaning
 ``electrode_width``        (L,)        arc length of each electrode
 ``contact_impedance``      (L,)        contact impedance of each electrode
 ``radius``                 ()          tank radius
-``noise_level``            ()          relative noise level eta (see ``add_noise``)
+``noise_level``            ()          relative noise level eta (``RelativeNoise``)
 ``conductivity``           (n_cells,)  true per-cell conductivity (optional)
 ``conductivity_image``     (H, W)      true conductivity image, NaN outside (optional)
 ``phantom``                ()          JSON description of the phantom (optional)
@@ -81,25 +81,6 @@ class MeasurementData:
             first_angle=float(a[0]),
             orientation=orientation,
         )
-
-
-def relative_noise_std(data: np.ndarray, level: float) -> np.ndarray:
-    """Noise std of every datum (shape of ``data``, (P, M)): ``level * rms(data_p)`` per pattern.
-
-    ``rms(d_p) = ||d_p|| / sqrt(M)``, so noise of this std has ``||noise_p|| / ||d_p||`` about ``level``.
-    """
-    if not (np.isfinite(level) and level >= 0):
-        raise ValueError(f"noise level must be a non-negative number, got {level!r}")
-    rms = np.sqrt(np.mean(data**2, axis=1, keepdims=True))
-    return np.broadcast_to(level * rms, data.shape)
-
-
-def add_noise(clean: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
-    """Add Gaussian noise relative to each pattern's root-mean-square value.
-
-    ``d_pm = clean_pm + level * rms(clean_p) * N(0, 1)`` (see :func:`relative_noise_std`).
-    """
-    return clean + relative_noise_std(clean, level) * rng.standard_normal(clean.shape)
 
 
 def write_measurements(path: str | Path, data: MeasurementData) -> None:
