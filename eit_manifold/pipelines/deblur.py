@@ -20,6 +20,7 @@ the positive contrast).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,11 +31,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-<<<<<<< HEAD
-from eit_manifold.baselines.image import tikhonov_deblur, tv_deblur
-from eit_manifold.data.images import BAR_BACKGROUND, BAR_CONTRAST, make_images, pixel_grid
-from eit_manifold.io import check_output_dir, staged_dir, write_bytes_atomic, write_json
-=======
 from eit_manifold.baselines.image import (
     N_VALIDATION,
     ParameterChoice,
@@ -51,8 +47,7 @@ from eit_manifold.data.images import (
     pixel_grid,
     rectangle_coverage,
 )
-from eit_manifold.io import write_bytes_atomic, write_json
->>>>>>> issue16b
+from eit_manifold.io import check_output_dir, staged_dir, write_bytes_atomic, write_json
 from eit_manifold.manifold import load_atlas
 from eit_manifold.metrics import angle_error, psnr, relative_data_misfit, relative_l2, ssim
 from eit_manifold.operators.blur import GaussianBlur
@@ -111,7 +106,6 @@ class DeblurConfig:
     n_val: int = N_VALIDATION
 
     def __post_init__(self) -> None:
-<<<<<<< HEAD
         check_float("--noise", self.noise, 0.0, 10.0, lo_open=True)
         check_int("--n", self.n, 1, 10_000)
         check_int("--seed", self.seed, 0, 999)
@@ -119,18 +113,7 @@ class DeblurConfig:
         check_int("--max-iter", self.max_iter, 0, 100_000)
         check_choice("--retraction", self.retraction, RETRACTIONS)
         check_int("n_figure", self.n_figure, 0, 1000)
-=======
-        if not (math.isfinite(self.noise) and self.noise > 0):
-            raise ValueError(f"noise must be positive, got {self.noise!r}")
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n!r}")
-        if not 0 <= self.seed < 1000:
-            raise ValueError(f"seed must be in [0, 1000), got {self.seed!r}")
-        if self.n_starts < 1:
-            raise ValueError(f"n_starts must be >= 1, got {self.n_starts!r}")
-        if self.n_val < 1:
-            raise ValueError(f"n_val must be >= 1, got {self.n_val!r}")
->>>>>>> issue16b
+        check_int("--n-val", self.n_val, 1, 10_000)
         if self.atlas_k1 is None:
             self.atlas_k1 = f"{self.atlas}-k1"
 
@@ -341,7 +324,6 @@ def run_deblur(cfg: DeblurConfig, out: str | Path) -> dict:
     if atlas_main.image_shape is None:
         raise ValueError(f"atlas {cfg.atlas!r} is not an image atlas")
     size = atlas_main.image_shape[0]
-<<<<<<< HEAD
     if cfg.atlas_k1:
         k1 = load_atlas(cfg.atlas_k1)  # checked now, not after the first atlas's reconstructions
         if k1.image_shape is None or tuple(k1.image_shape) != tuple(atlas_main.image_shape):
@@ -352,13 +334,11 @@ def run_deblur(cfg: DeblurConfig, out: str | Path) -> dict:
 
 
 def _run_deblur(cfg: DeblurConfig, atlas_main, size: int, out: Path) -> dict:
-=======
     op = GaussianBlur.paper(size, background=BAR_BACKGROUND, noise_std=cfg.noise)
     t0 = time.perf_counter()
     choices = {m: select_parameter(m, op, size, cfg.n_val, cfg.seed) for m in ("tikhonov", "tv")}
     selection_seconds = time.perf_counter() - t0
 
->>>>>>> issue16b
     images, params = make_images("bars", cfg.n, split="test", seed=cfg.seed, size=size)
     x_true = torch.from_numpy(images).to(torch.float64)
     angles = np.array([p["angle"] for p in params])
