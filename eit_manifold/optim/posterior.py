@@ -419,8 +419,13 @@ class AtlasPosterior:
         return torch.linalg.cholesky(torch.linalg.inv(h))
 
     def sample_chart(self, k: int, seed: int = 0, chain_ids: Sequence[int] | None = None,
-                     warm: Tensor | None = None, progress: Callable[[int, int], None] | None = None) -> ChainDraws:
-        """Run the chains ``chain_ids`` (default all) of chart ``k``; returns their post-burn-in draws."""
+                     warm: Tensor | None = None,
+                     progress: Callable[[int, int, dict], None] | None = None) -> ChainDraws:
+        """Run the chains ``chain_ids`` (default all) of chart ``k``; returns their post-burn-in draws.
+
+        ``progress(done, total, info)`` is called after every step; ``info`` holds the current
+        minimum ESS over the latent coordinates (``"ess"``) every 25 draws after burn-in.
+        """
         t0 = time.perf_counter()
         chain_ids = list(range(self.chains)) if chain_ids is None else [int(i) for i in chain_ids]
         chart = self.atlas.charts[k]
@@ -489,7 +494,11 @@ class AtlasPosterior:
                 j = step - self.burn_in
                 out_w[:, j], out_u[:, j], out_nll[:, j], out_a[:, j] = w.numpy(), u.numpy(), nll.numpy(), alpha.numpy()
             if progress is not None:
-                progress(step + 1, total)
+                info = {}
+                j = step - self.burn_in
+                if j >= 15 and (j + 1) % 25 == 0:
+                    info["ess"] = float(np.min(effective_sample_size(out_w[:, : j + 1])))
+                progress(step + 1, total, info)
         return ChainDraws(k, chain_ids, out_w, out_u, out_nll, out_a, eps.numpy().copy(), starts,
                           pot.evaluations, time.perf_counter() - t0)
 
@@ -581,7 +590,7 @@ class AtlasPosterior:
 
     # ------------------------------------------------------------------ driver
     def run(self, seed: int = 0, warm: Tensor | None = None, comm=None,
-            progress: Callable[[int, int, str], None] | None = None) -> PosteriorResult:
+            progress: Callable[[int, int, str, dict], None] | None = None) -> PosteriorResult:
         """Sample every chart, estimate the chart masses, run the diagnostics.
 
         Parameters
@@ -594,7 +603,8 @@ class AtlasPosterior:
             Spread the chains over its processes (chain ``i`` on rank ``i % size``); the importance
             points are split the same way. Every process returns the same result.
         progress : callable, optional
-            ``progress(done, total, label)`` after every MCMC step of this process.
+            ``progress(done, total, label, info)`` after every MCMC step of this process (``info``:
+            see :meth:`sample_chart`).
         """
         t0 = time.perf_counter()
         size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
@@ -604,9 +614,9 @@ class AtlasPosterior:
         for k in range(self.atlas.n_charts):
             done0 = k * (self.burn_in + self.draws)
 
-            def cb(done: int, _n: int, k: int = k, done0: int = done0) -> None:
+            def cb(done: int, _n: int, info: dict, k: int = k, done0: int = done0) -> None:
                 if progress is not None:
-                    progress(done0 + done, total, f"chart {k}")
+                    progress(done0 + done, total, f"chart {k}", info)
 
             local = self.sample_chart(k, seed, mine, warm, cb)
             samples = local if comm is None else ChainDraws.merge(comm.allgather(local))
