@@ -26,9 +26,10 @@ def posterior_command(
     sigma_min: float = typer.Option(0.2, help="EIT: conductivity of image value 0."),
     sigma_max: float = typer.Option(1.8, help="EIT: conductivity of image value 1."),
     image_size: int = typer.Option(64, help="Image size (must match the atlas)."),
-    warm_start: bool = typer.Option(True, help="EIT: chain 0 of each chart starts at its projection of a "
+    warm_start: bool = typer.Option(True, help="EIT: one more candidate start per chart at its projection of a "
                                                "3-step Gauss-Newton image."),
-    descent_iter: int = typer.Option(20, help="Riemannian descent steps that place each chain's start."),
+    starts: int = typer.Option(8, help="Candidate starts per chart (prior samples); chains start at the best."),
+    descent_iter: int = typer.Option(20, help="Riemannian descent steps that move the candidate starts."),
     importance_samples: int = typer.Option(256, help="Importance samples per chart (chart probabilities)."),
     save_samples: int = typer.Option(200, help="Images of this many posterior draws in samples.npz."),
     seed: int = typer.Option(0, help="Random seed (chains, importance sample; blur --heldout: the noise)."),
@@ -41,7 +42,7 @@ def posterior_command(
         data=None if data is None else str(data), out=str(out), operator=operator, atlas=atlas, samples=samples,
         chains=chains, burn_in=burn_in, thin=thin, noise_level=noise_level, heldout=heldout, mesh=mesh,
         mesh_size=mesh_size, sigma_min=sigma_min, sigma_max=sigma_max, image_size=image_size,
-        warm_start=warm_start, descent_iter=descent_iter, importance_samples=importance_samples,
+        warm_start=warm_start, starts=starts, descent_iter=descent_iter, importance_samples=importance_samples,
         save_samples=save_samples, seed=seed, progress=is_root(),
     )
     diag = run_posterior(config)

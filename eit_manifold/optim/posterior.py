@@ -14,9 +14,11 @@ with both charts' densities.
 
 Per chart (``U(w) = 0.5 ||r(G(w))||^2 + energy_k(w)``):
 
-* **Starts**: each chain starts where a Riemannian descent of ``0.5 ||r||^2`` (no chart switches)
-  from its own prior sample ends; chain 0 can start instead from a warm start (e.g. the projection
-  of a classical reconstruction).
+* **Starts**: ``starts`` prior samples of the chart (and optionally a warm start, e.g. the
+  projection of a classical reconstruction) are moved by a short Riemannian descent of
+  ``0.5 ||r||^2`` (no chart switches); chains start at the best end points, skipping local modes
+  whose potential is more than ``mode_gap`` (20) above the best (they hold ~exp(-20) of the mass:
+  on a sharp likelihood a chain started there never leaves and only spoils R-hat and ESS).
 * **Sampler**: MALA with a per-chain preconditioner ``Sigma = (J^T J + H_prior + P_0)^{-1}``, the
   Gauss-Newton (Laplace) covariance at the chain's position (``J = d r(G(w)) / dw`` by finite
   differences, so any operator works; ``P_0`` = the inverse prior variance). Proposal
@@ -26,7 +28,8 @@ Per chart (``U(w) = 0.5 ||r(G(w))||^2 + energy_k(w)``):
   the first half of burn-in. Adaptation stops at the end of burn-in, so the draws are from a
   fixed Markov kernel with the posterior as invariant law.
 * Every chain adapts alone and draws from its own generator (seeded by seed, chart and chain),
-  so chains can run on different processes with the same results.
+  and every process computes the same candidate starts, so chains can run on different processes
+  with the same results (up to the round-off of batched network evaluations).
 * **Chart mass**: importance sampling of ``Z_k`` with a defensive mixture proposal (90 % a
   multivariate t with 5 degrees of freedom fitted to the chart's draws, covariance x 1.5; 10 % the
   prior), with its standard error and importance-sampling ESS.
@@ -360,8 +363,12 @@ class AtlasPosterior:
         Keep every ``thin``-th draw for images; ``"auto"``: half the integrated autocorrelation
         time (so about 2 ESS draws are kept), at most ``max_kept`` per chart.
     descent_iter : int
-        Iterations of the Riemannian descent that places each chain's start (0: start at the
-        prior sample).
+        Iterations of the Riemannian descent that moves the candidate starts (0: prior samples).
+    starts : int
+        Candidate starts per chart (prior samples; plus the warm start if given).
+    mode_gap : float
+        Candidates whose potential exceeds the best one's by more than this are not used as
+        chain starts (see :meth:`_starts`).
     importance_samples : int
         Importance samples per chart for its evidence.
     target_accept : float
@@ -369,11 +376,12 @@ class AtlasPosterior:
     """
 
     def __init__(self, atlas, residual: ResidualFn, *, chains: int = 4, draws: int = 500, burn_in: int = 200,
-                 thin: int | str = "auto", max_kept: int = 2000, descent_iter: int = 20,
-                 importance_samples: int = 256, target_accept: float = TARGET_ACCEPT) -> None:
+                 thin: int | str = "auto", max_kept: int = 2000, descent_iter: int = 20, starts: int = 8,
+                 mode_gap: float = 20.0, importance_samples: int = 256,
+                 target_accept: float = TARGET_ACCEPT) -> None:
         for name, v, lo in (("chains", chains, 1), ("draws", draws, 8), ("burn_in", burn_in, 0),
                             ("importance_samples", importance_samples, 16), ("descent_iter", descent_iter, 0),
-                            ("max_kept", max_kept, 1)):
+                            ("max_kept", max_kept, 1), ("starts", starts, 1)):
             if int(v) != v or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         if not (thin == "auto" or (isinstance(thin, int) and thin >= 1)):
@@ -384,31 +392,50 @@ class AtlasPosterior:
         self.chains, self.draws, self.burn_in = int(chains), int(draws), int(burn_in)
         self.thin, self.max_kept, self.descent_iter = thin, int(max_kept), int(descent_iter)
         self.importance_samples, self.target_accept = int(importance_samples), float(target_accept)
+        if not mode_gap > 0:
+            raise ValueError(f"mode_gap must be positive, got {mode_gap!r}")
+        self.starts, self.mode_gap = int(starts), float(mode_gap)
 
     # ------------------------------------------------------------------ starts
-    def _starts(self, k: int, chain_ids: Sequence[int], seed: int, warm: Tensor | None) -> Tensor:
-        """Latent start of every chain: its prior sample moved by a short descent of ``0.5||r||^2``."""
+    def mode_starts(self, k: int, seed: int, warm: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Candidate starts of chart ``k``: ``starts`` prior samples (and ``warm``) moved by a short descent.
+
+        Returns the end points ``(n, d)`` sorted by their potential ``U`` and those potentials. The
+        same on every process (one batch, one generator), so chains may be spread over processes.
+        """
         chart = self.atlas.charts[k]
-        w0 = torch.cat([chart.sample_latent(1, _chain_generator(seed, k, i, 0)).to(torch.float64)
-                        for i in chain_ids])
-        if warm is not None and 0 in chain_ids:
+        w0 = chart.sample_latent(self.starts, _chain_generator(seed, k, 0)).to(torch.float64)
+        if warm is not None:
             with torch.no_grad():
-                w0[list(chain_ids).index(0)] = chart.encode(warm[None])[0].to(torch.float64)
-        if self.descent_iter == 0:
-            return w0
-        from eit_manifold.optim.riemannian import RiemannianDescent
+                w0 = torch.cat([chart.encode(warm[None]).to(torch.float64), w0])
+        if self.descent_iter > 0:
+            from eit_manifold.optim.riemannian import RiemannianDescent
 
-        res = self.residual
+            res = self.residual
 
-        def objective(x: Tensor) -> Tensor:
-            return 0.5 * (res(x) ** 2).sum(dim=1)
+            def objective(x: Tensor) -> Tensor:
+                return 0.5 * (res(x) ** 2).sum(dim=1)
 
-        descent = RiemannianDescent(self.atlas, objective, max_iter=self.descent_iter, hysteresis=None,
-                                    step_init="auto", max_step=5.0, ftol=1e-6)
-        with torch.no_grad():
-            x0 = chart.decode(w0)
-        out = descent.run(x0=x0, chart0=torch.full((len(w0),), k))
-        return out.w_all.detach().to(torch.float64)
+            descent = RiemannianDescent(self.atlas, objective, max_iter=self.descent_iter, hysteresis=None,
+                                        step_init="auto", max_step=5.0, ftol=1e-6)
+            with torch.no_grad():
+                x0 = chart.decode(w0)
+            w0 = descent.run(x0=x0, chart0=torch.full((len(w0),), k)).w_all.detach().to(torch.float64)
+        u = ChartPotential(chart, self.residual).value(w0)
+        u = torch.where(torch.isfinite(u), u, torch.full_like(u, math.inf))
+        order = torch.argsort(u)
+        return w0[order], u[order]
+
+    def _starts(self, k: int, chain_ids: Sequence[int], seed: int, warm: Tensor | None) -> Tensor:
+        """Chain ``i`` starts at the ``i``-th best candidate among those within ``mode_gap`` of the best.
+
+        A local mode whose potential exceeds the best one's by more than ``mode_gap`` holds about
+        ``exp(-mode_gap)`` of its mass (for comparable widths); chains started there would never
+        reach the main mode on a sharp likelihood and only spoil R-hat and ESS.
+        """
+        w, u = self.mode_starts(k, seed, warm)
+        good = int((u <= u[0] + self.mode_gap).sum()) if torch.isfinite(u[0]) else len(u)
+        return torch.stack([w[i % max(good, 1)] for i in chain_ids])
 
     # ------------------------------------------------------------------ MALA
     def _preconditioner(self, pot: ChartPotential, w: Tensor, prior_precision: float) -> Tensor:
@@ -598,7 +625,7 @@ class AtlasPosterior:
         seed : int
             Seed of every chain's generator (chain ``i`` of chart ``k`` draws from its own).
         warm : Tensor, optional
-            A data item ``(*data_shape)``: chain 0 of every chart starts from its encoding.
+            A data item ``(*data_shape)``: its encoding in every chart is one more candidate start.
         comm : mpi4py communicator, optional
             Spread the chains over its processes (chain ``i`` on rank ``i % size``); the importance
             points are split the same way. Every process returns the same result.

@@ -7,8 +7,8 @@ Posterior ``p(x | d) ∝ exp(-||A(x) - d||^2 / 2 s^2) p_atlas(x)`` sampled by
   ``sigma(x) = sigma_min + (sigma_max - sigma_min) clip(x, 0, 1)`` on the reconstruction mesh
   (default ``coarse``), ``s_pm = eta rms(d_p)`` with the file's relative noise level ``eta``
   (the Gauss-Newton baseline's noise model), or ``--noise-level``. Statistics are of the
-  conductivity, NaN outside the tank. Chain 0 of every chart starts from the chart's projection
-  of a 3-step Gauss-Newton image (as ``reconstruct``'s warm start).
+  conductivity, NaN outside the tank. The chart's encoding of a 3-step Gauss-Newton image is one
+  more candidate start (as ``reconstruct``'s warm start).
 * ``blur``: a deblurring file (keys below) or ``--heldout I`` (the held-out bars image ``I``,
   blurred by the paper's kernel with noise ``--noise-level``, default 0.1, drawn from ``--seed``).
 
@@ -57,6 +57,7 @@ class PosteriorConfig:
     image_size: int = 64
     warm_start: bool = True
     descent_iter: int = 20
+    starts: int = 8
     importance_samples: int = 256
     save_samples: int = 200
     seed: int = 0
@@ -72,7 +73,7 @@ class PosteriorConfig:
             raise ValueError("the eit operator needs --data FILE.npz (and no --heldout)")
         if self.operator == "blur" and (self.data is None) == (self.heldout is None):
             raise ValueError("the blur operator needs exactly one of --data FILE.npz and --heldout I")
-        for name in ("samples", "chains", "save_samples", "importance_samples"):
+        for name in ("samples", "chains", "save_samples", "importance_samples", "starts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.samples < 8:
@@ -96,7 +97,7 @@ class PosteriorProblem:
     transform: object  # atlas image -> physical image (torch)
     truth: np.ndarray | None  # physical image, NaN outside the domain
     mask: np.ndarray  # (H, W) True inside the domain
-    warm: torch.Tensor | None  # an atlas image to start chain 0 from
+    warm: torch.Tensor | None  # an atlas image: one more candidate start per chart
     extent: float  # images are drawn on [-extent, extent]^2
     unit: str
     info: dict
@@ -121,7 +122,9 @@ def read_blur_file(path: str | Path) -> dict[str, np.ndarray]:
     for key in BLUR_KEYS[1:]:
         v = arrays[key]
         if v.shape != () or not np.isfinite(v) or (key != "background" and not v > 0):
-            raise ValueError(f"{path}: key {key!r} must be a positive finite scalar, got {v!r}")
+            shown = v.item() if v.shape == () else f"an array of shape {v.shape}"
+            raise ValueError(f"{path}: key {key!r} must be a{'' if key == 'background' else ' positive'} finite "
+                             f"scalar, got {shown}")
     if "truth" in arrays and arrays["truth"].shape != data.shape:
         raise ValueError(f"{path}: key 'truth' has shape {arrays['truth'].shape}, data {data.shape}")
     return arrays
@@ -149,7 +152,7 @@ def _load_atlas(name: str, shape: tuple[int, int]):
 
 def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
     """The deblurring posterior of a file or a held-out bars image."""
-    from eit_manifold.operators.blur import GaussianBlur
+    from eit_manifold.operators.blur import GaussianBlur, SeparableBlur
     from eit_manifold.optim.posterior import gaussian_residual
 
     if config.data is not None:
@@ -169,7 +172,7 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
                        torch.Generator().manual_seed(config.seed))[0].numpy()
         source = f"held-out bars image {config.heldout}"
     atlas = _load_atlas(config.atlas, y.shape)
-    residual = gaussian_residual(op, torch.as_tensor(y), noise)
+    residual = gaussian_residual(SeparableBlur(op, y.shape), torch.as_tensor(y), noise)
     return PosteriorProblem(atlas, residual, None, truth, np.ones(y.shape, dtype=bool), None, 1.0, "image value",
                             {"operator": "blur", "source": source, "noise_std": noise,
                              "kernel_size": op.kernel_size, "kernel_std": op.std, "data": y})
@@ -235,6 +238,7 @@ def run_posterior(config: PosteriorConfig, comm=None) -> dict:
     setup_s = time.perf_counter() - t0
     sampler = AtlasPosterior(prob.atlas, prob.residual, chains=config.chains, draws=config.samples,
                              burn_in=config.burn_in, thin=config.thin or "auto", descent_iter=config.descent_iter,
+                             starts=config.starts,
                              importance_samples=config.importance_samples)
     bar = None
     if config.progress and comm.rank == 0:
