@@ -46,7 +46,7 @@ def pit(draws: np.ndarray, weights: np.ndarray, truth: np.ndarray) -> np.ndarray
 
 def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op: GaussianBlur) -> dict:
     gen = torch.Generator().manual_seed(10_000 + i)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rec: dict = {"kind": kind, "case": i}
     if kind == "sbc":
         k = int(torch.multinomial(atlas.weights, 1, generator=gen))
@@ -61,7 +61,8 @@ def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op: GaussianBlu
     y = op.measure(x_true[None], gen)[0]
     fast = SeparableBlur(op, tuple(y.shape))  # the same operator, 100x faster
     sampler = AtlasPosterior(atlas, gaussian_residual(fast, y, args.noise), chains=args.chains, draws=args.draws,
-                             burn_in=args.burn_in, importance_samples=args.importance)
+                             burn_in=args.burn_in, importance_samples=args.importance, starts=args.starts,
+                             descent_iter=args.descent_iter)
     res = sampler.run(seed=i)
     images, charts, weights = res.decode(atlas)
     stats = weighted_summary(images, weights)
@@ -99,6 +100,7 @@ def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op: GaussianBlu
                    baseline_mean_band_width=float(np.mean(base["q95"] - base["q05"])),
                    baseline_alpha=base["alpha"])
     rec["seconds"] = time.perf_counter() - t0
+    rec["cpu_seconds"] = time.process_time() - c0
     return rec
 
 
@@ -163,9 +165,11 @@ def main() -> None:
     ap.add_argument("--atlas", default="bars")
     ap.add_argument("--noise", type=float, default=0.1)
     ap.add_argument("--chains", type=int, default=4)
-    ap.add_argument("--draws", type=int, default=150)
-    ap.add_argument("--burn-in", type=int, default=80)
-    ap.add_argument("--importance", type=int, default=128)
+    ap.add_argument("--draws", type=int, default=100)
+    ap.add_argument("--burn-in", type=int, default=60)
+    ap.add_argument("--importance", type=int, default=64)
+    ap.add_argument("--starts", type=int, default=4)
+    ap.add_argument("--descent-iter", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("results/posterior_calibration"))
     ap.add_argument("--summary", action="store_true", help="only aggregate the cases written so far")
     args = ap.parse_args()

@@ -20,12 +20,13 @@ Per chart (``U(w) = 0.5 ||r(G(w))||^2 + energy_k(w)``):
   whose potential is more than ``mode_gap`` (20) above the best (they hold ~exp(-20) of the mass:
   on a sharp likelihood a chain started there never leaves and only spoils R-hat and ESS).
 * **Sampler**: MALA with a per-chain preconditioner ``Sigma = (J^T J + H_prior + P_0)^{-1}``, the
-  Gauss-Newton (Laplace) covariance at the chain's position (``J = d r(G(w)) / dw`` by finite
+  Gauss-Newton (Laplace) covariance at the chain's position (``J = d r(G(w)) / dw`` by central
   differences, so any operator works; ``P_0`` = the inverse prior variance). Proposal
   ``w' = w - eps^2/2 Sigma grad U + eps L xi`` with ``L L^T = Sigma``, Metropolis-Hastings
   correction. During burn-in the step ``eps`` is adapted by dual averaging (Hoffman & Gelman 2014)
-  to the acceptance rate 0.574 (optimal for MALA); the preconditioner is recomputed at the mean of
-  the first half of burn-in. Adaptation stops at the end of burn-in, so the draws are from a
+  to the acceptance rate 0.574 (optimal for MALA); the preconditioner is recomputed at 1/4, 1/2
+  and 3/4 of burn-in, at the mean of the chain's last burn-in/8 states (restarting the step
+  adaptation). Adaptation stops at the end of burn-in, so the draws are from a
   fixed Markov kernel with the posterior as invariant law.
 * Every chain adapts alone and draws from its own generator (seeded by seed, chart and chain),
   and every process computes the same candidate starts, so chains can run on different processes
@@ -54,7 +55,8 @@ from eit_manifold.optim.diagnostics import effective_sample_size, split_rhat
 ResidualFn = Callable[[Tensor], Tensor]
 RHAT_MAX = 1.05
 ESS_MIN = 100.0
-TARGET_ACCEPT = 0.574
+TARGET_ACCEPT = 0.574  # optimal for MALA (Roberts & Rosenthal 1998)
+TARGET_ACCEPT_HMC = 0.65  # optimal for HMC (Beskos et al. 2013)
 
 
 def gaussian_residual(forward: Callable[[Tensor], Tensor], data: Tensor, noise_std: Tensor | float) -> ResidualFn:
@@ -123,16 +125,17 @@ class ChartPotential:
             (g,) = torch.autograd.grad(u.sum(), w)
         return u.detach(), g.detach(), nll.detach()
 
-    def gauss_newton(self, w: Tensor, h: float = 1e-3) -> Tensor:
-        """``J^T J + Hess(energy)`` at each ``w`` ``(B, d, d)``; ``J`` by forward differences in ``w``."""
+    def gauss_newton(self, w: Tensor, h: float = 1e-4) -> Tensor:
+        """``J^T J + Hess(energy)`` at each ``w`` ``(B, d, d)``; ``J`` by central differences in ``w``."""
         b, d = w.shape
         w = w.detach().to(torch.float64)
-        pts = torch.cat([w, (w[:, None, :] + h * torch.eye(d, dtype=w.dtype)).reshape(-1, d)])
+        step = h * torch.eye(d, dtype=w.dtype)
+        pts = torch.cat([(w[:, None, :] + step).reshape(-1, d), (w[:, None, :] - step).reshape(-1, d)])
         with torch.no_grad():
             r = self.residual(self.chart.decode(pts))
         self.evaluations += pts.shape[0]
-        r0, r1 = r[:b], r[b:].reshape(b, d, -1)
-        jac = (r1 - r0[:, None, :]) / h  # (B, d, m): rows are d r / d w_j
+        r_plus, r_minus = r[: b * d].reshape(b, d, -1), r[b * d :].reshape(b, d, -1)
+        jac = (r_plus - r_minus) / (2 * h)  # (B, d, m): rows are d r / d w_j
         jtj = jac @ jac.transpose(1, 2)
         hess = torch.stack([torch.autograd.functional.hessian(
             lambda v: self.chart.prior.energy(v[None]).sum().to(torch.float64), wi) for wi in w])
@@ -371,14 +374,17 @@ class AtlasPosterior:
         chain starts (see :meth:`_starts`).
     importance_samples : int
         Importance samples per chart for its evidence.
-    target_accept : float
-        Acceptance rate the step size is adapted to.
+    leapfrog : int
+        0: MALA; ``L > 0``: HMC with ``L`` leapfrog steps (step jittered by +-10 %), the same
+        preconditioner as mass matrix inverse.
+    target_accept : float, optional
+        Acceptance rate the step size is adapted to (default 0.574 for MALA, 0.65 for HMC).
     """
 
     def __init__(self, atlas, residual: ResidualFn, *, chains: int = 4, draws: int = 500, burn_in: int = 200,
                  thin: int | str = "auto", max_kept: int = 2000, descent_iter: int = 20, starts: int = 8,
-                 mode_gap: float = 20.0, importance_samples: int = 256,
-                 target_accept: float = TARGET_ACCEPT) -> None:
+                 mode_gap: float = 20.0, importance_samples: int = 256, leapfrog: int = 0,
+                 target_accept: float | None = None) -> None:
         for name, v, lo in (("chains", chains, 1), ("draws", draws, 8), ("burn_in", burn_in, 0),
                             ("importance_samples", importance_samples, 16), ("descent_iter", descent_iter, 0),
                             ("max_kept", max_kept, 1), ("starts", starts, 1)):
@@ -386,6 +392,11 @@ class AtlasPosterior:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         if not (thin == "auto" or (isinstance(thin, int) and thin >= 1)):
             raise ValueError(f"thin must be a positive integer or 'auto', got {thin!r}")
+        if int(leapfrog) != leapfrog or leapfrog < 0:
+            raise ValueError(f"leapfrog must be an integer >= 0, got {leapfrog!r}")
+        self.leapfrog = int(leapfrog)
+        if target_accept is None:
+            target_accept = TARGET_ACCEPT if self.leapfrog == 0 else TARGET_ACCEPT_HMC
         if not 0 < target_accept < 1:
             raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
         self.atlas, self.residual = atlas, residual
@@ -445,6 +456,39 @@ class AtlasPosterior:
         h = 0.5 * (h + h.transpose(1, 2))
         return torch.linalg.cholesky(torch.linalg.inv(h))
 
+    @staticmethod
+    def _mala(pot: ChartPotential, w: Tensor, u: Tensor, g: Tensor, chol: Tensor, eps: Tensor,
+              xi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """One preconditioned MALA proposal per chain and its log acceptance ratio."""
+        e = eps[:, None]
+        sigma_g = (chol @ (chol.transpose(1, 2) @ g[..., None]))[..., 0]
+        prop = w - 0.5 * e**2 * sigma_g + e * (chol @ xi[..., None])[..., 0]
+        u_p, g_p, nll_p = pot.value_and_grad(prop)
+        sigma_gp = (chol @ (chol.transpose(1, 2) @ g_p[..., None]))[..., 0]
+        back = w - (prop - 0.5 * e**2 * sigma_gp)
+        z_back = torch.linalg.solve_triangular(chol, back[..., None], upper=False)[..., 0] / e
+        return prop, u_p, g_p, nll_p, u - u_p + 0.5 * (xi**2).sum(1) - 0.5 * (z_back**2).sum(1)
+
+    def _hmc(self, pot: ChartPotential, w: Tensor, u: Tensor, g: Tensor, chol: Tensor, eps: Tensor,
+             xi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Leapfrog trajectory of ``leapfrog`` steps in the whitened momentum ``v`` (mass ``Sigma^{-1}``)."""
+        e = eps[:, None]
+        v = xi.clone()
+        lt_g = (chol.transpose(1, 2) @ g[..., None])[..., 0]
+        x = w.clone()
+        u_p, g_p, nll_p = u, g, u
+        for i in range(self.leapfrog):
+            v = v - 0.5 * e * lt_g
+            x = x + e * (chol @ v[..., None])[..., 0]
+            u_p, g_p, nll_p = pot.value_and_grad(x)
+            bad = ~torch.isfinite(u_p) | ~torch.isfinite(g_p).all(1)
+            g_p = torch.where(bad[:, None], torch.zeros_like(g_p), g_p)
+            lt_g = (chol.transpose(1, 2) @ g_p[..., None])[..., 0]
+            v = v - 0.5 * e * lt_g
+            if bad.all():
+                break
+        return x, u_p, g_p, nll_p, u - u_p + 0.5 * (xi**2).sum(1) - 0.5 * (v**2).sum(1)
+
     def sample_chart(self, k: int, seed: int = 0, chain_ids: Sequence[int] | None = None,
                      warm: Tensor | None = None,
                      progress: Callable[[int, int, dict], None] | None = None) -> ChainDraws:
@@ -482,18 +526,16 @@ class AtlasPosterior:
         total = self.burn_in + self.draws
         out_w = np.empty((c, self.draws, d))
         out_u, out_nll, out_a = (np.empty((c, self.draws)) for _ in range(3))
-        recompute_at = self.burn_in // 2
+        # the preconditioner follows the chain during burn-in (at 1/4, 1/2 and 3/4 of it)
+        recompute_at = {self.burn_in * j // 4 for j in (1, 2, 3)} if self.burn_in >= 20 else set()
         history: list[Tensor] = []
         for step in range(total):
-            sigma_g = (chol @ (chol.transpose(1, 2) @ g[..., None]))[..., 0]
             xi = torch.stack([torch.randn(d, generator=gen, dtype=torch.float64) for gen in gens])
-            mean_fwd = w - 0.5 * eps[:, None] ** 2 * sigma_g
-            prop = mean_fwd + eps[:, None] * (chol @ xi[..., None])[..., 0]
-            u_p, g_p, nll_p = pot.value_and_grad(prop)
-            sigma_gp = (chol @ (chol.transpose(1, 2) @ g_p[..., None]))[..., 0]
-            back = w - (prop - 0.5 * eps[:, None] ** 2 * sigma_gp)
-            z_back = torch.linalg.solve_triangular(chol, back[..., None], upper=False)[..., 0] / eps[:, None]
-            log_alpha = u - u_p + 0.5 * (xi**2).sum(1) - 0.5 * (z_back**2).sum(1)
+            if self.leapfrog == 0:
+                prop, u_p, g_p, nll_p, log_alpha = self._mala(pot, w, u, g, chol, eps, xi)
+            else:
+                jitter = torch.stack([0.9 + 0.2 * torch.rand((), generator=gen, dtype=torch.float64) for gen in gens])
+                prop, u_p, g_p, nll_p, log_alpha = self._hmc(pot, w, u, g, chol, eps * jitter, xi)
             log_alpha = torch.where(torch.isfinite(log_alpha), log_alpha, torch.full_like(log_alpha, -math.inf))
             alpha = torch.exp(log_alpha.clamp(max=0.0))
             log_unif = torch.stack([torch.log(torch.rand((), generator=gen, dtype=torch.float64)) for gen in gens])
@@ -511,8 +553,8 @@ class AtlasPosterior:
                 da["log_bar"] = weight * log_eps + (1 - weight) * da["log_bar"]
                 eps = torch.exp(log_eps)
                 history.append(w.clone())
-                if step + 1 == recompute_at and recompute_at >= 10:
-                    centre = torch.stack(history[len(history) // 2:]).mean(0)
+                if step + 1 in recompute_at:
+                    centre = torch.stack(history[-max(self.burn_in // 8, 1):]).mean(0)
                     chol = self._preconditioner(pot, centre, prior_precision)
                     da = reset(eps)
                 if step + 1 == self.burn_in:

@@ -204,7 +204,7 @@ def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
         sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", lo, hi, 3)
         warm = torch.as_tensor((sigma_gn - lo) / (hi - lo), dtype=torch.float32)
     truth = problem.truth
-    return PosteriorProblem(atlas, gaussian_residual(forward, torch.from_numpy(d), torch.from_numpy(std)),
+    return PosteriorProblem(atlas, gaussian_residual(forward, torch.tensor(d), torch.tensor(std)),
                             lambda x: conductivity_from_image(x, lo, hi), truth, problem.inside, warm,
                             float(problem.data.radius), "conductivity",
                             {"operator": "eit", "source": str(config.data), "noise_level": eta,
