@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--descent-iter", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("results/posterior_calibration"))
     ap.add_argument("--summary", action="store_true", help="only aggregate the cases written so far")
+    ap.add_argument("--reverse", action="store_true", help="run the cases last to first (a second worker)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if not args.summary:
@@ -180,7 +181,8 @@ def main() -> None:
         (args.out / "cases").mkdir(parents=True, exist_ok=True)
         from tqdm import tqdm
 
-        for i in tqdm(range(args.first, args.first + args.cases), desc=args.kind):
+        order = range(args.first, args.first + args.cases)
+        for i in tqdm(reversed(order) if args.reverse else order, desc=args.kind, total=args.cases):
             path = args.out / "cases" / f"{args.kind}_{i:03d}.json"
             if path.exists():
                 continue

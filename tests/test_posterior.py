@@ -110,7 +110,7 @@ def test_linear_gaussian_latent_posterior_is_exact(linear_case):
 
 def test_linear_gaussian_chart_masses_are_exact(linear_case):
     _, exact, probs, result = linear_case
-    for c, ex in zip(result.charts, exact, strict=True):
+    for c in result.charts:
         # log Z_k here and the Gaussian evidence differ by the likelihood's normaliser, shared by the charts
         assert c.log_evidence_se < 0.05
     diff = [c.log_evidence - ex["log_evidence"] for c, ex in zip(result.charts, exact, strict=True)]

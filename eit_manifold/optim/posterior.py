@@ -500,7 +500,7 @@ class AtlasPosterior:
         lt_g = (chol.transpose(1, 2) @ g[..., None])[..., 0]
         x = w.clone()
         u_p, g_p, nll_p = u, g, u
-        for i in range(self.leapfrog):
+        for _ in range(self.leapfrog):
             v = v - 0.5 * e * lt_g
             x = x + e * (chol @ v[..., None])[..., 0]
             u_p, g_p, nll_p = pot.value_and_grad(x)
