@@ -232,7 +232,7 @@ def run_posterior(config: PosteriorConfig, comm=None) -> dict:
     comm = MPI.COMM_WORLD if comm is None else comm
     parallel = comm.size > 1
     seed_everything(config.seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     prob = (eit_problem(config, MPI.COMM_SELF if parallel else comm) if config.operator == "eit"
             else blur_problem(config))
     setup_s = time.perf_counter() - t0
@@ -263,7 +263,9 @@ def run_posterior(config: PosteriorConfig, comm=None) -> dict:
     stats = weighted_summary(images, weights)
     nan_out = {k: np.where(prob.mask, v, np.nan) for k, v in stats.items()}
     diag = result.diagnostics()
-    diag.update(config=asdict(config), setup_s=setup_s, processes=comm.size,
+    cpu = comm.allgather(time.process_time() - c0) if parallel else [time.process_time() - c0]
+    diag.update(config=asdict(config), setup_s=setup_s, processes=comm.size, cpu_seconds_per_process=cpu,
+                wall_seconds=time.perf_counter() - t0,
                 problem={k: v for k, v in prob.info.items() if k not in ("data", "eit_problem")})
     if prob.truth is not None:
         from eit_manifold.metrics import interval_coverage, relative_l2
