@@ -228,3 +228,12 @@ def test_bars_chart_posterior_matches_quadrature(bars_case):
     # the chart's evidence: log of the grid integral of exp(-U) minus the prior's normaliser
     log_z = -u.min() + math.log(z) - atlas.charts[k].prior.log_normalizer
     assert abs(post.log_evidence - log_z) <= 4 * post.log_evidence_se + 0.01
+
+
+def test_interval_coverage_counts_finite_entries_inside():
+    from eit_manifold.metrics import interval_coverage
+
+    truth = np.array([0.0, 1.0, 2.0, np.nan])
+    assert interval_coverage(truth, np.array([-1.0, 1.5, 1.0, 0.0]), np.array([1.0, 2.0, 2.0, 1.0])) == 2 / 3
+    with pytest.raises(ValueError, match="shapes"):
+        interval_coverage(truth, np.zeros(3), np.zeros(4))
