@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eit_manifold.io import save_npy_atomic, save_npz_atomic, write_json
+from eit_manifold.io import check_output_dir, save_npy_atomic, save_npz_atomic, staged_dir, write_json
 
 OPERATORS = ("eit", "blur")
 BLUR_KEYS = ("data", "noise_std", "kernel_size", "kernel_std", "background")
@@ -231,6 +231,7 @@ def run_posterior(config: PosteriorConfig, comm=None) -> dict:
 
     comm = MPI.COMM_WORLD if comm is None else comm
     parallel = comm.size > 1
+    check_output_dir(config.out, "--out")  # before any work: --out must be a directory or missing
     seed_everything(config.seed)
     t0, c0 = time.perf_counter(), time.process_time()
     prob = (eit_problem(config, MPI.COMM_SELF if parallel else comm) if config.operator == "eit"
@@ -276,23 +277,29 @@ def run_posterior(config: PosteriorConfig, comm=None) -> dict:
             "relative_l2_of_mean": float(relative_l2(nan_out["mean"][inside], prob.truth[inside])),
         }
     if comm.rank == 0:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, arr in nan_out.items():
-            save_npy_atomic(out / f"{name}.npy", arr)
-        save_npy_atomic(out / "chart_probabilities.npy", result.probabilities)
-        w_all, k_all, wt_all = result.kept_draws()
-        pick = systematic_resample(weights, min(config.save_samples, len(weights)),
-                                   np.random.default_rng(config.seed))
-        save_npz_atomic(out / "samples.npz", latents=w_all, charts=k_all, weights=wt_all,
-                        images=np.where(prob.mask, images[pick], np.nan).astype(np.float32),
-                        image_charts=charts[pick])
-        write_json(out / "diagnostics.json", diag)
-        if config.plot:
-            from eit_manifold.plotting import plot_posterior
-
-            plot_posterior(out / "posterior.png", nan_out, np.where(prob.mask, images[pick[:4]], np.nan),
-                           prob.truth, prob.extent, prob.unit,
-                           title=f"{config.operator} posterior on atlas {config.atlas}: chart probabilities "
-                                 + ", ".join(f"{p:.2f}" for p in result.probabilities))
+        # All files are published together when every one is written (nothing partial on failure).
+        with staged_dir(config.out) as out:
+            _write_outputs(out, config, prob, result, nan_out, diag, weights, images, charts)
     return diag
+
+
+def _write_outputs(out: Path, config: PosteriorConfig, prob: PosteriorProblem, result, nan_out: dict,
+                   diag: dict, weights: np.ndarray, images: np.ndarray, charts: np.ndarray) -> None:
+    """Write the ``posterior`` outputs into the (staging) directory ``out``."""
+    for name, arr in nan_out.items():
+        save_npy_atomic(out / f"{name}.npy", arr)
+    save_npy_atomic(out / "chart_probabilities.npy", result.probabilities)
+    w_all, k_all, wt_all = result.kept_draws()
+    pick = systematic_resample(weights, min(config.save_samples, len(weights)),
+                               np.random.default_rng(config.seed))
+    save_npz_atomic(out / "samples.npz", latents=w_all, charts=k_all, weights=wt_all,
+                    images=np.where(prob.mask, images[pick], np.nan).astype(np.float32),
+                    image_charts=charts[pick])
+    write_json(out / "diagnostics.json", diag)
+    if config.plot:
+        from eit_manifold.plotting import plot_posterior
+
+        plot_posterior(out / "posterior.png", nan_out, np.where(prob.mask, images[pick[:4]], np.nan),
+                       prob.truth, prob.extent, prob.unit,
+                       title=f"{config.operator} posterior on atlas {config.atlas}: chart probabilities "
+                             + ", ".join(f"{p:.2f}" for p in result.probabilities))
