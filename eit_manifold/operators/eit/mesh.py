@@ -89,7 +89,7 @@ class TankMesh:
     @property
     def n_cells(self) -> int:
         """Global number of cells."""
-        return self.mesh.topology.index_map(2).size_global
+        return self.mesh.topology.index_map(self.mesh.topology.dim).size_global
 
     @property
     def n_nodes(self) -> int:
@@ -107,8 +107,12 @@ def _boundary_breakpoints(tank: Tank) -> list[tuple[float, int]]:
     return pts
 
 
-def _build_gmsh_model(tank: Tank, options: MeshOptions) -> None:
-    """Create the 2-D gmsh model of the tank in the current gmsh session."""
+def _build_gmsh_model(tank: Tank, options: MeshOptions, generate: bool = True) -> int:
+    """Create the 2-D gmsh model of the tank in the current gmsh session; return the surface tag.
+
+    With ``generate=False`` only the geometry, its physical groups and the size field are set up
+    (the 3-D tank extrudes this cross-section).
+    """
     import gmsh
 
     R = tank.radius
@@ -154,9 +158,11 @@ def _build_gmsh_model(tank: Tank, options: MeshOptions) -> None:
     gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
     gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
     gmsh.option.setNumber("Mesh.Algorithm", 6)  # Frontal-Delaunay: good quality with size fields
-    gmsh.model.mesh.generate(2)
-    for _ in range(options.uniform_refinements):
-        gmsh.model.mesh.refine()
+    if generate:
+        gmsh.model.mesh.generate(2)
+        for _ in range(options.uniform_refinements):
+            gmsh.model.mesh.refine()
+    return surface
 
 
 def _gmsh_session():
@@ -287,7 +293,16 @@ def tank_mesh(
         Element size away from the electrodes; overrides the preset's size (grading kept).
     comm : MPI.Comm
         Communicator to distribute the mesh over.
+
+    A :class:`~eit_manifold.operators.eit3d.geometry.CylinderTank` gets the 3-D meshes
+    (:func:`~eit_manifold.operators.eit3d.mesh.tank_mesh_3d`, the same arguments).
     """
+    from eit_manifold.operators.eit3d.geometry import CylinderTank
+
+    if isinstance(tank, CylinderTank):
+        from eit_manifold.operators.eit3d.mesh import tank_mesh_3d
+
+        return tank_mesh_3d(tank, mesh, mesh_size, comm)
     if isinstance(mesh, MeshOptions):
         return create_tank_mesh(tank, mesh, comm)
     if mesh is None or (isinstance(mesh, str) and mesh in MESH_PRESETS):
