@@ -272,7 +272,14 @@ def write_outputs(out: Path, problem: EITProblem, result: dict, config: Reconstr
 
 def reconstruct(config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     """The ``reconstruct`` job on one file, the mesh distributed over ``comm`` (SPMD: the torch
-    parts run identically on every process); writes conductivity.npy/.xdmf, PNG and metrics.json."""
+    parts run identically on every process); writes conductivity.npy/.xdmf, PNG and metrics.json.
+
+    A 3-D file (``simulate --dim 3``) goes to :func:`~eit_manifold.pipelines.reconstruct3d.reconstruct_3d`.
+    """
+    from eit_manifold.pipelines.reconstruct3d import is_3d_file, reconstruct_3d
+
+    if is_3d_file(config.data):
+        return reconstruct_3d(config, comm)
     torch.manual_seed(config.seed)
     problem = load_problem(config.data, (config.image_size, config.image_size), config.mesh, config.mesh_size, comm)
     result = reconstruct_problem(problem, config)

@@ -36,7 +36,6 @@ from petsc4py import PETSc
 
 from eit_manifold.operators.eit.mesh import TankMesh
 
-
 SOLVERS = ("auto", "direct", "iterative")
 # Measured crossover (docs/mpi.md, benchmarks/scaling.py): on 3-D meshes CG + GAMG beats MUMPS
 # from about this many nodes; on 2-D meshes MUMPS was faster at every size measured.

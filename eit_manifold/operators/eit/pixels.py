@@ -104,7 +104,7 @@ def voxel_to_cell_matrix(
     tet = coordinates[cells]  # (n_cells, 4, 3)
     diam = np.max(np.linalg.norm(tet[:, :, None] - tet[:, None], axis=3))
     voxel = min(2 * radius / max(H, W), (z1 - z0) / D)
-    m = int(min(8, max(1, math.ceil(2 * diam / voxel))))
+    m = int(min(4, max(1, math.ceil(2 * diam / voxel))))  # at most 20 points per cell: memory
     lam = _subtetrahedron_barycentrics(m)
     pts = np.einsum("kv,cvd->ckd", lam, tet)
     col = np.clip(np.floor((pts[..., 0] + radius) / (2 * radius) * W), 0, W - 1).astype(np.int64)

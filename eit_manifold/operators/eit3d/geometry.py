@@ -57,7 +57,8 @@ class CylinderTank:
         L = self.section.n_electrodes
         top = self.height if self.electrode_top is None else self.electrode_top
         lo, hi = (np.broadcast_to(np.asarray(v, dtype=float), (L,)).copy() for v in (self.electrode_bottom, top))
-        if np.any(~np.isfinite(lo) | ~np.isfinite(hi)) or np.any(lo < 0) or np.any(hi > self.height) or np.any(hi <= lo):
+        bad = ~np.isfinite(lo) | ~np.isfinite(hi) | (lo < 0) | (hi > self.height) | (hi <= lo)
+        if np.any(bad):
             raise ValueError(
                 f"electrode heights must satisfy 0 <= electrode_bottom < electrode_top <= height = {self.height:g}, "
                 f"got bottom {lo.tolist()}, top {hi.tolist()}"

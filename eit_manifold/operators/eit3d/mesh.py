@@ -29,9 +29,9 @@ from eit_manifold.operators.eit3d.geometry import CylinderTank
 # Presets for a tank of radius 1 (sizes scale with the radius), for the extruded meshes: the
 # cross-section is meshed like the 2-D presets and the layers are graded alike. Measured on 16
 # full-height electrodes of width 0.2, z = 0.01, water depth 0.1, against the 2-D semi-analytic
-# disk (docs/eit3d.md): coarse 8.4e-3 (~50k cells per 0.1 of depth), default 1.7e-3 (233k).
+# disk (docs/eit3d.md): coarse 2.2e-2 (6k cells per 0.1 of depth), default 1.7e-3 (233k).
 MESH_PRESETS_3D: dict[str, MeshOptions] = {
-    "coarse": MeshOptions(mesh_size=0.1, refinement=5.0, grading_radius=3.0, uniform_refinements=1),
+    "coarse": MeshOptions(mesh_size=0.1, refinement=5.0, grading_radius=3.0),
     "default": MeshOptions(mesh_size=0.035, refinement=15.0, grading_radius=8.0),
     "fine": MeshOptions(mesh_size=0.035, refinement=15.0, grading_radius=8.0, uniform_refinements=1),
 }
@@ -50,7 +50,9 @@ def _angle_in(theta: float, interval: np.ndarray) -> bool:
     return (theta - a) % (2 * math.pi) <= (b - a) + 1e-9
 
 
-def graded_layers(length: float, h: float, h_min: float, dist_max: float, grade_start: bool, grade_end: bool) -> np.ndarray:
+def graded_layers(
+    length: float, h: float, h_min: float, dist_max: float, grade_start: bool, grade_end: bool
+) -> np.ndarray:
     """Layer boundaries in [0, 1] of an interval of ``length``, graded like the 2-D size field.
 
     The layer size at distance d from a graded end is ``h_min + (h - h_min) min(d / dist_max, 1)``
