@@ -13,6 +13,7 @@ which rank 0 reads whole). Conductivity: smooth random per-cell values in [0.5, 
 
 Usage: ``python benchmarks/scaling.py [--dims 2,3] [--ranks 1,2] [--repeats 2] [--max-cells 2.5e6]
 [--json results/scaling.json]``. ``--quick`` runs small meshes only (a smoke test).
+The data of every run are compared with those of the direct solver on the first process count.
 """
 
 from __future__ import annotations
@@ -84,20 +85,20 @@ def child(args: argparse.Namespace) -> None:
         t2 = time.perf_counter()
         fwd.append(t1 - t0)
         vjp.append(t2 - t1)
+        data = res.measurements
         del res
     peak = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, root=0)  # GiB (kB on Linux)
     if comm.rank == 0:
         out = {"cells": model.n_cells, "nodes": model.system.n_nodes, "solver": model.solver,
+               "auto": model.system.choose_solver("auto"),
                "forward_s": float(np.min(fwd)), "vjp_s": float(np.min(vjp)), "peak_gib": peak,
-               "data": res_data(model, sigma) if args.check else None}
+               "data": data.ravel().tolist()}
         Path(args.result).write_text(json.dumps(out))
 
 
-def res_data(model, sigma):
-    return model.measurements(sigma).ravel().tolist()
-
-
 def driver(args: argparse.Namespace) -> None:
+    import numpy as np
+
     mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
     ranks = [int(r) for r in args.ranks.split(",")]
     dims = {int(d) for d in args.dims.split(",")}
@@ -115,13 +116,17 @@ def driver(args: argparse.Namespace) -> None:
                     out = Path(tmp) / f"{name}-{n}-{solver}.json"
                     cmd = [mpirun, "-n", str(n), sys.executable, __file__, "--child", "--dim", str(dim),
                            "--mesh", str(path), "--solver", solver, "--repeats", str(args.repeats),
-                           "--result", str(out)] + (["--check"] if args.check else [])
+                           "--result", str(out)]
                     subprocess.run(cmd, check=True, env=env)
                     r = json.loads(out.read_text())
                     r.update(mesh=name, dim=dim, ranks=n)
+                    ref = next((np.asarray(q["data"]) for q in rows if q["mesh"] == name and q["ranks"] == ranks[0]
+                                and q["solver"] == "direct"), np.asarray(r["data"]))
+                    r["rel_diff"] = float(np.abs(np.asarray(r["data"]) - ref).max() / np.abs(ref).max())
                     rows.append(r)
                     print(f"  {n} proc {solver:9s}: forward {r['forward_s']:7.2f} s  vjp {r['vjp_s']:6.3f} s  "
-                          f"peak {max(r['peak_gib']):.2f} GiB/proc", flush=True)
+                          f"peak {max(r['peak_gib']):.2f} GiB/proc  data vs 1-proc direct {r['rel_diff']:.1e}",
+                          flush=True)
             path.unlink()
     print(table(rows, ranks))
     if args.json:
@@ -132,15 +137,14 @@ def driver(args: argparse.Namespace) -> None:
 
 def table(rows: list[dict], ranks: list[int]) -> str:
     """Markdown table: per mesh and solver, forward times per process count, speed-up, VJP ratio, memory."""
-    from eit_manifold.operators.eit.cem import ITERATIVE_MIN_NODES_3D
-
     head = ["mesh", "cells", "solver"] + [f"forward, {n} proc" for n in ranks]
-    head += [f"speed-up {ranks[-1]}/{ranks[0]}", "fwd+VJP / fwd", "peak GiB/proc"]
+    head += [f"speed-up {ranks[-1]}/{ranks[0]}", "(fwd+VJP) / fwd, " + "/".join(map(str, ranks)) + " proc",
+             "peak GiB/proc", "data vs direct, 1 proc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in dict.fromkeys(r["mesh"] for r in rows):
         by = {(r["solver"], r["ranks"]): r for r in rows if r["mesh"] == name}
         some = next(iter(by.values()))
-        auto = "iterative" if some["dim"] == 3 and some["nodes"] >= ITERATIVE_MIN_NODES_3D else "direct"
+        auto = some["auto"]
         for solver in ("direct", "iterative"):
             t = [by[(solver, n)]["forward_s"] for n in ranks]
             best = [min(by[(s, n)]["forward_s"] for s in ("direct", "iterative")) for n in ranks]
@@ -148,8 +152,11 @@ def table(rows: list[dict], ranks: list[int]) -> str:
             r0 = by[(solver, ranks[-1])]
             cells = [f"{x:.2f} s" + (" *" if abs(x - b) < 1e-12 else "") for x, b in zip(t, best, strict=True)]
             lines.append(f"| {name} | {some['cells']:,} | {solver}{mark} | " + " | ".join(cells)
-                         + f" | {t[0] / t[-1]:.2f}x | {(r0['forward_s'] + r0['vjp_s']) / r0['forward_s']:.2f}"
-                         f" | {', '.join(f'{p:.2f}' for p in r0['peak_gib'])} |")
+                         + f" | {t[0] / t[-1]:.2f}x | "
+                         + " / ".join(f"{1 + by[(solver, n)]['vjp_s'] / by[(solver, n)]['forward_s']:.2f}"
+                                      for n in ranks)
+                         + f" | {', '.join(f'{p:.2f}' for p in r0['peak_gib'])}"
+                         f" | {max(by[(solver, n)]['rel_diff'] for n in ranks):.0e} |")
     return "\n".join(lines)
 
 
@@ -160,7 +167,6 @@ def main() -> None:
     parser.add_argument("--mesh", help=argparse.SUPPRESS)
     parser.add_argument("--solver", default="direct", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dims", default="2,3", help="mesh dimensions to run")
     parser.add_argument("--ranks", default="1,2", help="process counts to compare")
     parser.add_argument("--repeats", type=int, default=2, help="timed solves per run (the fastest is kept)")
