@@ -64,11 +64,15 @@ MESH_PRESETS: dict[str, MeshOptions] = {
 }
 
 
-def preset_options(name: str, radius: float = 1.0) -> MeshOptions:
-    """The named mesh preset (``coarse``, ``default``, ``fine``) scaled to a tank of ``radius``."""
-    if name not in MESH_PRESETS:
-        raise ValueError(f"unknown mesh preset {name!r}: choose one of {', '.join(MESH_PRESETS)}")
-    o = MESH_PRESETS[name]
+def preset_options(name: str, radius: float = 1.0, presets: dict[str, MeshOptions] | None = None) -> MeshOptions:
+    """The named mesh preset (``coarse``, ``default``, ``fine``) scaled to a tank of ``radius``.
+
+    ``presets``: the table to look in (default: the 2-D :data:`MESH_PRESETS`).
+    """
+    presets = MESH_PRESETS if presets is None else presets
+    if name not in presets:
+        raise ValueError(f"unknown mesh preset {name!r}: choose one of {', '.join(presets)}")
+    o = presets[name]
     return MeshOptions(o.mesh_size * radius, o.refinement, o.grading_radius, o.uniform_refinements)
 
 
@@ -303,13 +307,19 @@ def tank_mesh(
         from eit_manifold.operators.eit3d.mesh import tank_mesh_3d
 
         return tank_mesh_3d(tank, mesh, mesh_size, comm)
+    return resolve_mesh(tank, mesh, mesh_size, comm, MESH_PRESETS, create_tank_mesh, load_tank_mesh)
+
+
+def resolve_mesh(tank, mesh, mesh_size, comm, presets: dict[str, MeshOptions], create, load) -> TankMesh:
+    """Options, a preset name (``None``: ``default``, with ``mesh_size`` overriding its size) or a
+    mesh file, made into a :class:`TankMesh` by ``create(tank, options, comm)`` or ``load(path, tank, comm)``."""
     if isinstance(mesh, MeshOptions):
-        return create_tank_mesh(tank, mesh, comm)
-    if mesh is None or (isinstance(mesh, str) and mesh in MESH_PRESETS):
-        options = preset_options(mesh or "default", tank.radius)
+        return create(tank, mesh, comm)
+    if mesh is None or (isinstance(mesh, str) and mesh in presets):
+        options = preset_options(mesh or "default", tank.radius, presets)
         if mesh_size is not None:
             options = MeshOptions(mesh_size, options.refinement, options.grading_radius)
-        return create_tank_mesh(tank, options, comm)
+        return create(tank, options, comm)
     if mesh_size is not None:
         raise ValueError(f"give either a mesh file ({mesh}) or a mesh size ({mesh_size}), not both")
-    return load_tank_mesh(mesh, tank, comm)
+    return load(mesh, tank, comm)

@@ -23,6 +23,8 @@ from eit_manifold.operators.eit.mesh import (
     TankMesh,
     _check_tags,
     _gmsh_session,
+    preset_options,
+    resolve_mesh,
 )
 from eit_manifold.operators.eit3d.geometry import CylinderTank
 
@@ -39,10 +41,7 @@ MESH_PRESETS_3D: dict[str, MeshOptions] = {
 
 def preset_options_3d(name: str, radius: float = 1.0) -> MeshOptions:
     """The named 3-D preset (``coarse``, ``default``, ``fine``) scaled to a tank of ``radius``."""
-    if name not in MESH_PRESETS_3D:
-        raise ValueError(f"unknown mesh preset {name!r}: choose one of {', '.join(MESH_PRESETS_3D)}")
-    o = MESH_PRESETS_3D[name]
-    return MeshOptions(o.mesh_size * radius, o.refinement, o.grading_radius, o.uniform_refinements)
+    return preset_options(name, radius, MESH_PRESETS_3D)
 
 
 def _angle_in(theta: float, interval: np.ndarray) -> bool:
@@ -305,13 +304,4 @@ def tank_mesh_3d(
     comm: MPI.Comm = MPI.COMM_WORLD,
 ) -> TankMesh:
     """Resolve a preset name, ``.msh`` file or options into a 3-D :class:`TankMesh` (as ``tank_mesh``)."""
-    if isinstance(mesh, MeshOptions):
-        return create_cylinder_mesh(tank, mesh, comm)
-    if mesh is None or (isinstance(mesh, str) and mesh in MESH_PRESETS_3D):
-        options = preset_options_3d(mesh or "default", tank.radius)
-        if mesh_size is not None:
-            options = MeshOptions(mesh_size, options.refinement, options.grading_radius)
-        return create_cylinder_mesh(tank, options, comm)
-    if mesh_size is not None:
-        raise ValueError(f"give either a mesh file ({mesh}) or a mesh size ({mesh_size}), not both")
-    return load_mesh_3d(mesh, tank, comm)
+    return resolve_mesh(tank, mesh, mesh_size, comm, MESH_PRESETS_3D, create_cylinder_mesh, load_mesh_3d)
