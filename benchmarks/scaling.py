@@ -107,10 +107,14 @@ def driver(args: argparse.Namespace) -> None:
     meshes = [m for m in (QUICK if args.quick else MESHES) if m[1] in dims]
     with tempfile.TemporaryDirectory() as tmp:
         for name, dim, options in meshes:
-            path = Path(tmp) / f"{name}.msh"
-            t0 = time.perf_counter()
-            write_mesh(dim, options, path)
-            print(f"{name}: meshed in {time.perf_counter() - t0:.0f} s", flush=True)
+            path = (args.mesh_dir or Path(tmp)) / f"{name}.msh"
+            if not path.is_file():
+                t0 = time.perf_counter()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_mesh(dim, options, path)
+                print(f"{name}: meshed in {time.perf_counter() - t0:.0f} s", flush=True)
+            if args.only_mesh:
+                continue
             for n in ranks:
                 for solver in ("direct", "iterative"):
                     out = Path(tmp) / f"{name}-{n}-{solver}.json"
@@ -127,8 +131,8 @@ def driver(args: argparse.Namespace) -> None:
                     print(f"  {n} proc {solver:9s}: forward {r['forward_s']:7.2f} s  vjp {r['vjp_s']:6.3f} s  "
                           f"peak {max(r['peak_gib']):.2f} GiB/proc  data vs 1-proc direct {r['rel_diff']:.1e}",
                           flush=True)
-            path.unlink()
-    print(table(rows, ranks))
+    if rows:
+        print(table(rows, ranks))
     if args.json:
         from eit_manifold.io import write_json
 
@@ -171,6 +175,8 @@ def main() -> None:
     parser.add_argument("--ranks", default="1,2", help="process counts to compare")
     parser.add_argument("--repeats", type=int, default=2, help="timed solves per run (the fastest is kept)")
     parser.add_argument("--quick", action="store_true", help="small meshes only (smoke test)")
+    parser.add_argument("--mesh-dir", type=Path, default=None, help="keep the .msh files here and reuse them")
+    parser.add_argument("--only-mesh", action="store_true", help="write the meshes (to --mesh-dir) and stop")
     parser.add_argument("--seed", type=int, default=0, help="unused (deterministic); accepted like every command")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
