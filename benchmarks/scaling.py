@@ -13,7 +13,8 @@ which rank 0 reads whole). Conductivity: smooth random per-cell values in [0.5, 
 
 Usage: ``python benchmarks/scaling.py [--dims 2,3] [--ranks 1,2] [--repeats 2] [--max-cells 2.5e6]
 [--json results/scaling.json]``. ``--quick`` runs small meshes only (a smoke test).
-The data of every run are compared with those of the direct solver on the first process count.
+The data of every run are compared with those of the first run on the same mesh (the direct
+solver on the first process count, unless that one ran out of time: ``--timeout``).
 """
 
 from __future__ import annotations
@@ -121,11 +122,16 @@ def driver(args: argparse.Namespace) -> None:
                     cmd = [mpirun, "-n", str(n), sys.executable, __file__, "--child", "--dim", str(dim),
                            "--mesh", str(path), "--solver", solver, "--repeats", str(args.repeats),
                            "--result", str(out)]
-                    subprocess.run(cmd, check=True, env=env)
+                    try:
+                        subprocess.run(cmd, check=True, env=env, timeout=args.timeout)
+                    except subprocess.TimeoutExpired:
+                        print(f"  {n} proc {solver:9s}: over the {args.timeout:.0f} s limit", flush=True)
+                        rows.append({"mesh": name, "dim": dim, "ranks": n, "solver": solver, "timeout": args.timeout})
+                        continue
                     r = json.loads(out.read_text())
                     r.update(mesh=name, dim=dim, ranks=n)
-                    ref = next((np.asarray(q["data"]) for q in rows if q["mesh"] == name and q["ranks"] == ranks[0]
-                                and q["solver"] == "direct"), np.asarray(r["data"]))
+                    first = [q["data"] for q in rows if q["mesh"] == name and "data" in q]
+                    ref = np.asarray(first[0] if first else r["data"])
                     r["rel_diff"] = float(np.abs(np.asarray(r["data"]) - ref).max() / np.abs(ref).max())
                     rows.append(r)
                     print(f"  {n} proc {solver:9s}: forward {r['forward_s']:7.2f} s  vjp {r['vjp_s']:6.3f} s  "
@@ -143,24 +149,29 @@ def table(rows: list[dict], ranks: list[int]) -> str:
     """Markdown table: per mesh and solver, forward times per process count, speed-up, VJP ratio, memory."""
     head = ["mesh", "cells", "solver"] + [f"forward, {n} proc" for n in ranks]
     head += [f"speed-up {ranks[-1]}/{ranks[0]}", "(fwd+VJP) / fwd, " + "/".join(map(str, ranks)) + " proc",
-             "peak GiB/proc", "data vs direct, 1 proc"]
+             f"peak GiB/proc ({ranks[-1]} proc)", "max data difference"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in dict.fromkeys(r["mesh"] for r in rows):
         by = {(r["solver"], r["ranks"]): r for r in rows if r["mesh"] == name}
-        some = next(iter(by.values()))
-        auto = some["auto"]
+        done = [r for r in by.values() if "forward_s" in r]
+        if not done:
+            continue
+        some = done[0]
         for solver in ("direct", "iterative"):
-            t = [by[(solver, n)]["forward_s"] for n in ranks]
-            best = [min(by[(s, n)]["forward_s"] for s in ("direct", "iterative")) for n in ranks]
-            mark = " (auto)" if solver == auto else ""
-            r0 = by[(solver, ranks[-1])]
-            cells = [f"{x:.2f} s" + (" *" if abs(x - b) < 1e-12 else "") for x, b in zip(t, best, strict=True)]
+            runs = [by.get((solver, n), {}) for n in ranks]
+            best = [min((by[(s, n)]["forward_s"] for s in ("direct", "iterative") if "forward_s" in by.get((s, n), {})),
+                        default=None) for n in ranks]
+            mark = " (auto)" if solver == some["auto"] else ""
+            cells = [f"{r['forward_s']:.2f} s" + (" *" if r["forward_s"] == b else "") if "forward_s" in r
+                     else f"> {r.get('timeout', 0):.0f} s" for r, b in zip(runs, best, strict=True)]
+            ok = all("forward_s" in r for r in runs)
+            speedup = f"{runs[0]['forward_s'] / runs[-1]['forward_s']:.2f}x" if ok else "-"
+            vjp = " / ".join(f"{1 + r['vjp_s'] / r['forward_s']:.2f}" if "forward_s" in r else "-" for r in runs)
+            last = runs[-1]
+            peak = ", ".join(f"{p:.2f}" for p in last["peak_gib"]) if "peak_gib" in last else "-"
+            diff = max((r["rel_diff"] for r in runs if "rel_diff" in r), default=float("nan"))
             lines.append(f"| {name} | {some['cells']:,} | {solver}{mark} | " + " | ".join(cells)
-                         + f" | {t[0] / t[-1]:.2f}x | "
-                         + " / ".join(f"{1 + by[(solver, n)]['vjp_s'] / by[(solver, n)]['forward_s']:.2f}"
-                                      for n in ranks)
-                         + f" | {', '.join(f'{p:.2f}' for p in r0['peak_gib'])}"
-                         f" | {max(by[(solver, n)]['rel_diff'] for n in ranks):.0e} |")
+                         + f" | {speedup} | {vjp} | {peak} | {diff:.0e} |")
     return "\n".join(lines)
 
 
@@ -175,6 +186,7 @@ def main() -> None:
     parser.add_argument("--ranks", default="1,2", help="process counts to compare")
     parser.add_argument("--repeats", type=int, default=2, help="timed solves per run (the fastest is kept)")
     parser.add_argument("--quick", action="store_true", help="small meshes only (smoke test)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per run (mesh loading included)")
     parser.add_argument("--mesh-dir", type=Path, default=None, help="keep the .msh files here and reuse them")
     parser.add_argument("--only-mesh", action="store_true", help="write the meshes (to --mesh-dir) and stop")
     parser.add_argument("--seed", type=int, default=0, help="unused (deterministic); accepted like every command")
