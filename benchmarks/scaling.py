@@ -105,7 +105,8 @@ def driver(args: argparse.Namespace) -> None:
     dims = {int(d) for d in args.dims.split(",")}
     env = os.environ | {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     rows = []
-    meshes = [m for m in (QUICK if args.quick else MESHES) if m[1] in dims]
+    meshes = [m for m in (QUICK if args.quick else MESHES) if m[1] in dims
+              and (args.meshes is None or m[0] in args.meshes.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
         for name, dim, options in meshes:
             path = (args.mesh_dir or Path(tmp)) / f"{name}.msh"
@@ -186,6 +187,7 @@ def main() -> None:
     parser.add_argument("--ranks", default="1,2", help="process counts to compare")
     parser.add_argument("--repeats", type=int, default=2, help="timed solves per run (the fastest is kept)")
     parser.add_argument("--quick", action="store_true", help="small meshes only (smoke test)")
+    parser.add_argument("--meshes", default=None, help="comma-separated mesh names to run (default: all)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run (mesh loading included)")
     parser.add_argument("--mesh-dir", type=Path, default=None, help="keep the .msh files here and reuse them")
     parser.add_argument("--only-mesh", action="store_true", help="write the meshes (to --mesh-dir) and stop")
