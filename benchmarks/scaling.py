@@ -118,7 +118,7 @@ def driver(args: argparse.Namespace) -> None:
             if args.only_mesh:
                 continue
             for n in ranks:
-                for solver in ("direct", "iterative"):
+                for solver in args.solvers.split(","):
                     out = Path(tmp) / f"{name}-{n}-{solver}.json"
                     cmd = [mpirun, "-n", str(n), sys.executable, __file__, "--child", "--dim", str(dim),
                            "--mesh", str(path), "--solver", solver, "--repeats", str(args.repeats),
@@ -160,6 +160,8 @@ def table(rows: list[dict], ranks: list[int]) -> str:
         some = done[0]
         for solver in ("direct", "iterative"):
             runs = [by.get((solver, n), {}) for n in ranks]
+            if not any(runs):
+                continue  # solver not run on this mesh (--solvers)
             best = [min((by[(s, n)]["forward_s"] for s in ("direct", "iterative") if "forward_s" in by.get((s, n), {})),
                         default=None) for n in ranks]
             mark = " (auto)" if solver == some["auto"] else ""
@@ -187,6 +189,7 @@ def main() -> None:
     parser.add_argument("--ranks", default="1,2", help="process counts to compare")
     parser.add_argument("--repeats", type=int, default=2, help="timed solves per run (the fastest is kept)")
     parser.add_argument("--quick", action="store_true", help="small meshes only (smoke test)")
+    parser.add_argument("--solvers", default="direct,iterative", help="solvers to run (comma-separated)")
     parser.add_argument("--meshes", default=None, help="comma-separated mesh names to run (default: all)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run (mesh loading included)")
     parser.add_argument("--mesh-dir", type=Path, default=None, help="keep the .msh files here and reuse them")
