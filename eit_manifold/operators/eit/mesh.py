@@ -224,12 +224,18 @@ def create_tank_mesh(
         Write ``msh_file`` in gmsh's binary format (``Mesh.Binary``) rather than text.
     """
     options = options or MeshOptions()
-    gmsh = None
-    if comm.rank == 0:
-        gmsh = _gmsh_session()
+    source = f"<generated h={options.mesh_size:g}, refinement={options.refinement:g}>"
+    return generate_mesh(lambda: _build_gmsh_model(tank, options), tank, comm, 2, source, msh_file, binary)
+
+
+def generate_mesh(build, tank, comm: MPI.Comm, gdim: int, source: str, msh_file: str | Path | None = None,
+                  binary: bool = False) -> TankMesh:
+    """Run ``build()`` (a gmsh model, meshed) on rank 0, write it to ``msh_file`` if given
+    (atomically), distribute it over ``comm`` and check the electrode tags (2-D and 3-D)."""
+    gmsh = _gmsh_session() if comm.rank == 0 else None
     try:
         if comm.rank == 0:
-            _build_gmsh_model(tank, options)
+            build()
             if msh_file is not None:
                 from eit_manifold.io import atomic_path
 
@@ -238,11 +244,10 @@ def create_tank_mesh(
                     gmsh.write(str(tmp))
         import gmsh as gmsh_module
 
-        data = dolfinx_gmsh.model_to_mesh(gmsh_module.model, comm, 0, gdim=2)
+        data = dolfinx_gmsh.model_to_mesh(gmsh_module.model, comm, 0, gdim=gdim)
     finally:
         if gmsh is not None:
             gmsh.finalize()
-    source = f"<generated h={options.mesh_size:g}, refinement={options.refinement:g}>"
     _check_tags(data.facet_tags, tank, source, comm)
     return TankMesh(data.mesh, data.facet_tags, tank, source)
 

@@ -22,7 +22,7 @@ from eit_manifold.operators.eit.mesh import (
     MeshOptions,
     TankMesh,
     _check_tags,
-    _gmsh_session,
+    generate_mesh,
     preset_options,
     resolve_mesh,
 )
@@ -243,24 +243,9 @@ def create_cylinder_mesh(
     if kind not in MESH_KINDS:
         raise ValueError(f"unknown 3-D mesh kind {kind!r}: choose one of {', '.join(MESH_KINDS)}")
     options = options or preset_options_3d("default", tank.radius)
-    gmsh = _gmsh_session() if comm.rank == 0 else None
-    try:
-        if comm.rank == 0:
-            (_extruded_model if kind == "extruded" else _unstructured_model)(tank, options)
-            if msh_file is not None:
-                from eit_manifold.io import atomic_path
-
-                with atomic_path(msh_file, suffix=".msh") as tmp:
-                    gmsh.write(str(tmp))
-        import gmsh as gmsh_module
-
-        data = dolfinx_gmsh.model_to_mesh(gmsh_module.model, comm, 0, gdim=3)
-    finally:
-        if gmsh is not None:
-            gmsh.finalize()
+    build = _extruded_model if kind == "extruded" else _unstructured_model
     source = f"<generated 3-D {kind} h={options.mesh_size:g}, refinement={options.refinement:g}>"
-    _check_tags(data.facet_tags, tank, source, comm)
-    return TankMesh(data.mesh, data.facet_tags, tank, source)
+    return generate_mesh(lambda: build(tank, options), tank, comm, 3, source, msh_file)
 
 
 def load_mesh_3d(path: str | Path, tank, comm: MPI.Comm = MPI.COMM_WORLD) -> TankMesh:
