@@ -252,6 +252,24 @@ def generate_mesh(build, tank, comm: MPI.Comm, gdim: int, source: str, msh_file:
     return TankMesh(data.mesh, data.facet_tags, tank, source)
 
 
+def read_msh(path: Path, comm: MPI.Comm, dim: int, kind: str):
+    """Read a ``.msh`` file with dolfinx (rank 0 reads, all receive); one-line errors for a missing
+    or unreadable file and for a mesh that is not ``dim``-dimensional (``kind`` names it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"mesh file not found: {path}")
+    try:
+        data = dolfinx_gmsh.read_from_msh(path, comm, 0, gdim=dim)
+    except Exception as exc:  # gmsh raises bare Exceptions for unreadable files
+        import gmsh
+
+        if gmsh.isInitialized():  # read_from_msh does not finalize when merge fails
+            gmsh.finalize()
+        raise ValueError(f"cannot read mesh file {path}: {exc}") from exc
+    if data.mesh.topology.dim != dim:
+        raise ValueError(f"mesh file {path} is not a {kind} mesh (dimension {data.mesh.topology.dim})")
+    return data
+
+
 def load_tank_mesh(path: str | Path, tank: Tank, comm: MPI.Comm = MPI.COMM_WORLD) -> TankMesh:
     """Load a gmsh ``.msh`` file that follows the tag convention of this module.
 
@@ -263,18 +281,7 @@ def load_tank_mesh(path: str | Path, tank: Tank, comm: MPI.Comm = MPI.COMM_WORLD
         If the file cannot be read as a mesh, or lacks electrode tags for ``tank``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mesh file not found: {path}")
-    try:
-        data = dolfinx_gmsh.read_from_msh(path, comm, 0, gdim=2)
-    except Exception as exc:  # gmsh raises bare Exceptions for unreadable files
-        import gmsh
-
-        if gmsh.isInitialized():  # read_from_msh does not finalize when merge fails
-            gmsh.finalize()
-        raise ValueError(f"cannot read mesh file {path}: {exc}") from exc
-    if data.mesh.topology.dim != 2:
-        raise ValueError(f"mesh file {path} is not a 2-D triangle mesh")
+    data = read_msh(path, comm, 2, "2-D triangle")
     radii = np.linalg.norm(data.mesh.geometry.x[:, :2], axis=1)
     r_max = comm.allreduce(float(radii.max()) if radii.size else 0.0, op=MPI.MAX)
     if not math.isclose(r_max, tank.radius, rel_tol=1e-3):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import dolfinx.io.gmsh as dolfinx_gmsh
 import numpy as np
 from mpi4py import MPI
 
@@ -24,6 +23,7 @@ from eit_manifold.operators.eit.mesh import (
     _check_tags,
     generate_mesh,
     preset_options,
+    read_msh,
     resolve_mesh,
 )
 from eit_manifold.operators.eit3d.geometry import CylinderTank
@@ -266,18 +266,7 @@ def load_mesh_3d(path: str | Path, tank, comm: MPI.Comm = MPI.COMM_WORLD) -> Tan
         A missing file; an unreadable one, a non-3-D mesh, or missing electrode tags.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mesh file not found: {path}")
-    try:
-        data = dolfinx_gmsh.read_from_msh(path, comm, 0, gdim=3)
-    except Exception as exc:  # gmsh raises bare Exceptions for unreadable files
-        import gmsh
-
-        if gmsh.isInitialized():
-            gmsh.finalize()
-        raise ValueError(f"cannot read mesh file {path}: {exc}") from exc
-    if data.mesh.topology.dim != 3:
-        raise ValueError(f"mesh file {path} is not a 3-D tetrahedral mesh (dimension {data.mesh.topology.dim})")
+    data = read_msh(path, comm, 3, "3-D tetrahedral")
     _check_tags(data.facet_tags, tank, str(path), comm)
     return TankMesh(data.mesh, data.facet_tags, tank, str(path))
 
