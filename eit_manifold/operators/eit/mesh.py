@@ -148,9 +148,25 @@ def _build_gmsh_model(tank: Tank, options: MeshOptions, generate: bool = True) -
         name = "gaps" if tag == GAP_TAG else f"electrode_{tag}"
         gmsh.model.addPhysicalGroup(1, curves, tag, name=name)
     # Grade the mesh towards the electrode end points.
+    grade_towards("PointsList", [points[i] for i in end_point_indices], options)
+    if generate:
+        gmsh.model.mesh.generate(2)
+        for _ in range(options.uniform_refinements):
+            gmsh.model.mesh.refine()
+    return surface
+
+
+def grade_towards(kind: str, tags: list[int], options: MeshOptions, sampling: int | None = None) -> None:
+    """Background size field: ``h / refinement`` at the given entities (``PointsList`` or
+    ``CurvesList``), growing linearly to ``h`` at ``grading_radius * h`` (gmsh Distance + Threshold)."""
+    import gmsh
+
+    h = options.mesh_size
     field = gmsh.model.mesh.field
     dist = field.add("Distance")
-    field.setNumbers(dist, "PointsList", [points[i] for i in end_point_indices])
+    field.setNumbers(dist, kind, tags)
+    if sampling is not None:
+        field.setNumber(dist, "Sampling", sampling)
     thr = field.add("Threshold")
     field.setNumber(thr, "InField", dist)
     field.setNumber(thr, "SizeMin", h / options.refinement)
@@ -162,11 +178,6 @@ def _build_gmsh_model(tank: Tank, options: MeshOptions, generate: bool = True) -
     gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
     gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
     gmsh.option.setNumber("Mesh.Algorithm", 6)  # Frontal-Delaunay: good quality with size fields
-    if generate:
-        gmsh.model.mesh.generate(2)
-        for _ in range(options.uniform_refinements):
-            gmsh.model.mesh.refine()
-    return surface
 
 
 def _gmsh_session():

@@ -22,6 +22,7 @@ from eit_manifold.operators.eit.mesh import (
     TankMesh,
     _check_tags,
     generate_mesh,
+    grade_towards,
     preset_options,
     read_msh,
     resolve_mesh,
@@ -191,21 +192,7 @@ def _unstructured_model(tank: CylinderTank, options: MeshOptions) -> None:
     gmsh.model.addPhysicalGroup(2, other, GAP_TAG, name="insulated")
     edges = sorted({abs(t) for f in electrode_faces.values() for _, t in
                     gmsh.model.getBoundary([(2, t) for t in f], oriented=False, combined=False)})
-    field = gmsh.model.mesh.field
-    dist = field.add("Distance")
-    field.setNumbers(dist, "CurvesList", edges)
-    field.setNumber(dist, "Sampling", max(20, int(4 * max(R, H) / (h / options.refinement))))
-    thr = field.add("Threshold")
-    field.setNumber(thr, "InField", dist)
-    field.setNumber(thr, "SizeMin", h / options.refinement)
-    field.setNumber(thr, "SizeMax", h)
-    field.setNumber(thr, "DistMin", 0.0)
-    field.setNumber(thr, "DistMax", options.grading_radius * h)
-    field.setAsBackgroundMesh(thr)
-    gmsh.option.setNumber("Mesh.MeshSizeExtendFromBoundary", 0)
-    gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
-    gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
-    gmsh.option.setNumber("Mesh.Algorithm", 6)
+    grade_towards("CurvesList", edges, options, sampling=max(20, int(4 * max(R, H) / (h / options.refinement))))
     gmsh.option.setNumber("Mesh.Algorithm3D", 10)  # HXT: parallel-capable and fast Delaunay
     gmsh.option.setNumber("General.NumThreads", 1)
     gmsh.model.mesh.generate(3)
