@@ -87,7 +87,7 @@ def test_eit_posterior_command_on_a_small_mesh(tmp_path):
 def test_tikhonov_posterior_is_the_exact_gaussian_posterior():
     op = GaussianBlur(5, 1.2, background=0.5)
     y = 0.5 + 0.1 * torch.randn(12, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    post = tikhonov_posterior(y, op, noise_std=0.1)
+    post = tikhonov_posterior(y, op, noise_std=0.1, alpha=0.05)
     A = np.kron(op.matrix_1d(12).numpy(), op.matrix_1d(10).numpy())  # row-major vec(K_H X K_W^T)
     cov = 0.1**2 * np.linalg.inv(A.T @ A + post["alpha"] * np.eye(120))
     mean = 0.5 + cov @ A.T @ (y.numpy().ravel() - 0.5) / 0.1**2

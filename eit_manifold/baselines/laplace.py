@@ -19,14 +19,19 @@ import numpy as np
 import scipy.linalg
 from torch import Tensor
 
-from eit_manifold.baselines.image import SeparableBlurSVD, tikhonov_deblur
+from eit_manifold.baselines.image import SeparableBlurSVD, select_parameter, tikhonov_deblur
 from eit_manifold.operators.blur import GaussianBlur
 
 Z90 = 1.6448536269514722
 
 
-def tikhonov_posterior(y: Tensor, op: GaussianBlur, noise_std: float) -> dict[str, np.ndarray]:
+def tikhonov_posterior(y: Tensor, op: GaussianBlur, noise_std: float, alpha: float | None = None,
+                       seed: int = 0) -> dict[str, np.ndarray]:
     """Gaussian posterior of Tikhonov deblurring for one image ``y`` ``(H, W)``.
+
+    ``alpha`` is the Tikhonov weight; by default the deblurring baseline's rule picks it
+    (:func:`~eit_manifold.baselines.image.select_parameter` on the validation split of bars of this
+    size, ``seed``), never from ``y`` itself.
 
     Returns
     -------
@@ -35,8 +40,10 @@ def tikhonov_posterior(y: Tensor, op: GaussianBlur, noise_std: float) -> dict[st
     """
     if y.dim() != 2:
         raise ValueError(f"expected one image (H, W), got shape {tuple(y.shape)}")
-    tik = tikhonov_deblur(y, op, noise_std)
-    alpha = float(tik.parameter[0])
+    if alpha is None:
+        alpha = select_parameter("tikhonov", op, int(y.shape[-1]), seed=seed).value
+    alpha = float(alpha)
+    tik = tikhonov_deblur(y, op, alpha)
     svd = SeparableBlurSVD.of(op, tuple(y.shape))
     s2 = (svd.s**2).numpy()
     inv = noise_std**2 / (s2 + alpha)  # variance of each singular coefficient
@@ -68,7 +75,7 @@ def gauss_newton_laplace(problem, sigma_min: float = 0.2, sigma_max: float = 1.8
     """
     from eit_manifold.baselines.eit_absolute import GRID, reconstruct_baseline
     from eit_manifold.baselines.eit_linear import jacobian_in_basis, pixel_basis, smoothness_prior_factor
-    from eit_manifold.operators.eit.data_file import relative_noise_std
+    from eit_manifold.operators.noise import RelativeNoise
 
     image, details = reconstruct_baseline(problem, "gauss-newton", sigma_min, sigma_max, iterations)
     model = problem.operator.model
@@ -78,7 +85,7 @@ def gauss_newton_laplace(problem, sigma_min: float = 0.2, sigma_max: float = 1.8
     basis = pixel_basis(model, GRID)
     coarse = image[:: h // GRID, :: w // GRID]
     x = basis.from_image(coarse)
-    std_d = relative_noise_std(problem.data.measurements, max(problem.data.noise_level, 1e-3)).ravel()
+    std_d = RelativeNoise(max(problem.data.noise_level, 1e-3)).std(problem.data.measurements).ravel()
     res = model.solve(basis.matrix @ x)
     jac = jacobian_in_basis(model, res, basis.matrix) / std_d[:, None]
     weight = details["weight"] if details["weight"] is not None else 0.0

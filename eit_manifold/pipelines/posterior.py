@@ -180,7 +180,7 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
 
 def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     """The EIT posterior of a measurement file on the reconstruction mesh (on ``comm``)."""
-    from eit_manifold.operators.eit.data_file import relative_noise_std
+    from eit_manifold.operators.noise import RelativeNoise
     from eit_manifold.optim.posterior import gaussian_residual
     from eit_manifold.pipelines.reconstruct import conductivity_from_image, load_problem
 
@@ -191,7 +191,7 @@ def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     eta = problem.data.noise_level if config.noise_level is None else config.noise_level
     if not eta > 0:
         raise ValueError(f"{config.data}: noise_level is {eta}; pass --noise-level (the posterior needs a noise model)")
-    std = relative_noise_std(d, eta)
+    std = RelativeNoise(eta).std(d)
     lo, hi = config.sigma_min, config.sigma_max
 
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -323,7 +323,14 @@ def reconstruct(config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD, reco
     """The ``reconstruct`` job on one file, the mesh distributed over ``comm`` (SPMD: the torch
     parts run identically on every process); writes conductivity.npy/.xdmf, PNG and metrics.json
     into ``config.out``, all together at the end (nothing when it fails). Every input is checked
-    first (:func:`check_inputs`). ``record``: the config written to metrics.json (default ``config``)."""
+    first (:func:`check_inputs`). ``record``: the config written to metrics.json (default ``config``).
+
+    A 3-D file (``simulate --dim 3``) goes to :func:`~eit_manifold.pipelines.reconstruct3d.reconstruct_3d`.
+    """
+    from eit_manifold.pipelines.reconstruct3d import is_3d_file, reconstruct_3d
+
+    if is_3d_file(config.data):
+        return reconstruct_3d(config, comm)
     with collective_check(comm):
         (data,) = check_inputs([config.data], config)
     torch.manual_seed(config.seed)

@@ -27,6 +27,7 @@ from eit_manifold.operators.eit.phantoms import (
     random_inclusions,
 )
 from eit_manifold.operators.eit.pixels import pixel_centres
+from eit_manifold.operators.eit3d.geometry import CylinderTank
 from eit_manifold.operators.noise import RelativeNoise
 from eit_manifold.seeding import seed_everything
 from eit_manifold.validation import (
@@ -71,6 +72,14 @@ class SimulateConfig:
     image_size: int = 64
     out: str = "simulated.npz"
     plot: str | None = None
+    # 3-D tank (dim = 3): a cylinder of water, electrodes electrode_bottom..electrode_top high
+    dim: int = 2
+    height: float = 1.0
+    water_level: float | None = None
+    electrode_bottom: float = 0.0
+    electrode_top: float | None = None
+    solver: str = "auto"
+    xdmf: str | None = None
 
     def __post_init__(self) -> None:
         """Check every option (cheap; files are read by :func:`check_simulate`)."""
@@ -89,18 +98,29 @@ class SimulateConfig:
         # the lowest conductivity the phantom can have decides what z double precision resolves
         check_contact_impedance(self.contact_impedance, self.electrode_width,
                                 min(self.sigma_background, self.sigma_min))
-        self.tank()  # electrode count, widths and overlaps
+        check_int("--dim", self.dim, 2, 3)
+        check_choice("--solver", self.solver, ("auto", "direct", "iterative"))
+        if self.dim == 2 and (self.water_level is not None or self.electrode_top is not None
+                              or self.electrode_bottom != 0.0):
+            raise InputError("--water-level, --electrode-bottom and --electrode-top describe a 3-D tank: add --dim 3")
+        if self.dim == 3:
+            check_positive("--height", self.height)
+        self.tank()  # electrode count, widths and overlaps (and the cylinder's heights)
         injection_patterns(self.injection, self.electrodes)  # e.g. opposite needs an even count
         if self.phantom in ("image", "conductivity") and self.phantom_image is None:
             raise InputError(f"--phantom {self.phantom} needs --phantom-image FILE.npy")
 
-    def tank(self) -> Tank:
-        return Tank(
+    def tank(self) -> Tank | CylinderTank:
+        """The 2-D tank, or for ``dim = 3`` the cylinder with this cross-section."""
+        section = Tank(
             radius=self.radius,
             n_electrodes=self.electrodes,
             electrode_width=self.electrode_width,
             contact_impedance=self.contact_impedance,
         )
+        if self.dim == 2:
+            return section
+        return CylinderTank(section, self.height, self.water_level, self.electrode_bottom, self.electrode_top)
 
 
 def load_phantom_image(path: str | Path, kind: str = "image", radius: float = 1.0) -> np.ndarray:
@@ -157,8 +177,15 @@ def load_phantom_image(path: str | Path, kind: str = "image", radius: float = 1.
 def phantom_conductivity(
     config: SimulateConfig, model: CEMForwardModel
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Per-cell conductivity, conductivity image (NaN outside the tank) and a JSON description."""
+    """Per-cell conductivity, conductivity image (NaN outside the tank) and a JSON description.
+
+    In a 3-D tank the 2-D phantoms are extruded over the water depth (columns); the image is
+    their cross-section.
+    """
     R = config.radius
+    # image phantoms on a 3-D mesh: one voxel layer over the whole depth = the image extruded
+    image_map = (lambda shape: model.pixel_map(shape)) if config.dim == 2 else (
+        lambda shape: model.pixel_map((1, *shape)))
     if config.phantom == "homogeneous":
         inclusions = []
     elif config.phantom == "disks":
@@ -170,7 +197,7 @@ def phantom_conductivity(
         from eit_manifold.data.images import BALL_BACKGROUND, heldout_image, render
 
         fine, params = heldout_image("balls", config.seed, size=RENDER_SIZE)
-        sigma = model.pixel_map(fine.shape) @ image_to_conductivity(fine, config.sigma_min, config.sigma_max).ravel()
+        sigma = image_map(fine.shape) @ image_to_conductivity(fine, config.sigma_min, config.sigma_max).ravel()
         x = render("balls", params, config.image_size)
         sigma_img = image_to_conductivity(x, config.sigma_min, config.sigma_max)
         xx, yy = pixel_centres(x.shape, R)
@@ -182,7 +209,7 @@ def phantom_conductivity(
     elif config.phantom in ("image", "conductivity"):
         x = load_phantom_image(config.phantom_image, config.phantom, R)
         sigma_img = image_to_conductivity(x, config.sigma_min, config.sigma_max) if config.phantom == "image" else x
-        sigma = model.pixel_map(x.shape) @ sigma_img.ravel()
+        sigma = image_map(x.shape) @ sigma_img.ravel()
         xx, yy = pixel_centres(x.shape, R)
         img = np.where(xx**2 + yy**2 <= R**2, sigma_img, np.nan)
         desc = {"kind": config.phantom, "file": str(config.phantom_image)}
@@ -191,7 +218,7 @@ def phantom_conductivity(
         return sigma, img, desc
     else:
         raise ValueError(f"unknown phantom {config.phantom!r}: choose one of {', '.join(PHANTOMS)}")
-    sigma = inclusion_conductivity(model.centroids, config.sigma_background, inclusions)
+    sigma = inclusion_conductivity(model.centroids[:, :2], config.sigma_background, inclusions)
     n = config.image_size
     xx, yy = pixel_centres((n, n), R)
     pts = np.column_stack([xx.ravel(), yy.ravel()])
@@ -205,7 +232,7 @@ def phantom_conductivity(
 def simulation_model(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> CEMForwardModel:
     """The forward model ``simulate`` uses for ``config`` (tank, mesh, patterns)."""
     mesh = tank_mesh(config.tank(), config.mesh, config.mesh_size, comm)
-    return CEMForwardModel(mesh, config.injection, config.measurement)
+    return CEMForwardModel(mesh, config.injection, config.measurement, solver=config.solver)
 
 
 def simulate_data(config: SimulateConfig, model: CEMForwardModel, rng: np.random.Generator) -> MeasurementData:
@@ -230,6 +257,7 @@ def simulate_data(config: SimulateConfig, model: CEMForwardModel, rng: np.random
             "conductivity_image": image,
             "phantom": np.array(json.dumps(desc)),
             "config": np.array(json.dumps(asdict(config))),
+            **({"tank3d": np.array(json.dumps(tank.to_dict()))} if isinstance(tank, CylinderTank) else {}),
         },
     )
 
@@ -248,6 +276,25 @@ def check_simulate(config: SimulateConfig) -> None:
             raise InputError(f"--plot and --out name the same file: {config.out}")
 
 
+def mid_depth_section(model: CEMForwardModel, sigma: np.ndarray, size: int = 64) -> np.ndarray:
+    """A horizontal section (size, size) of a 3-D per-cell field at mid-electrode height, NaN outside.
+
+    Cell values averaged onto a thin voxel layer (volume-weighted through the voxel map).
+    """
+    z0, z1 = model.z_range
+    heights = model.tank.electrode_heights
+    zc = float(np.mean(heights))
+    layers = 8
+    k = int(np.clip((zc - z0) / (z1 - z0) * layers, 0, layers - 1))
+    P = model.pixel_map((layers, size, size))
+    weights = np.asarray(P.sum(axis=0)).ravel()
+    values = P.T @ sigma
+    layer = slice(k * size * size, (k + 1) * size * size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        img = (values[layer] / weights[layer]).reshape(size, size)
+    return np.where(weights[layer].reshape(size, size) > 0, img, np.nan)
+
+
 def simulate(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     """Run the simulation and write the measurement file (and the PNG: both or neither); return a
     summary dict. Every input is checked before the mesh is made (:func:`check_simulate`)."""
@@ -256,16 +303,28 @@ def simulate(config: SimulateConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     rng = seed_everything(config.seed)
     model = simulation_model(config, comm)
     data = simulate_data(config, model, rng)
-    vertices = model.cell_vertices() if config.plot else None  # collective: every process takes part
+    sigma = data.extras["conductivity"]
+    # collective: every process takes part
+    vertices = model.cell_vertices() if config.plot and config.dim == 2 else None
+    section = mid_depth_section(model, sigma) if config.plot and config.dim == 3 else None
+    if config.xdmf:
+        from eit_manifold.operators.eit.export import export_xdmf
+
+        export_xdmf(config.xdmf, model.tank_mesh, {"conductivity": sigma})
     if comm.rank == 0:
         with staged_files() as stage:
             write_measurements(stage.path(config.out, suffix=".npz"), data)
-            if config.plot:
+            if config.plot and config.dim == 2:
                 from eit_manifold.eit_plots import plot_simulation
 
-                plot_simulation(stage.path(config.plot, suffix=".png"), vertices, data.extras["conductivity"],
-                                data.measurements, data.extras["measurements_clean"], model.tank.electrode_angles,
-                                model.tank.radius)
+                plot_simulation(stage.path(config.plot, suffix=".png"), vertices, sigma, data.measurements,
+                                data.extras["measurements_clean"], model.tank.electrode_angles, model.tank.radius)
+            elif config.plot:
+                from eit_manifold.eit_plots import plot_reconstruction
+
+                plot_reconstruction(stage.path(config.plot, suffix=".png"), section, model.tank.radius,
+                                    data.measurements, data.extras["measurements_clean"],
+                                    title="phantom, section at mid-electrode height")
     if comm.size > 1:
         comm.barrier()  # the file exists for every process when simulate returns (the demo reads it next)
     return {

@@ -64,8 +64,9 @@ class EITOperator(torch.nn.Module):
         reconstruction mesh; simulate uses ``default``, so data and model meshes differ).
     mesh_size : float, optional
         Element size away from the electrodes (instead of ``mesh``).
-    image_shape : (H, W), optional
-        Shape of conductivity images on [-R, R]^2 accepted besides per-cell vectors.
+    image_shape : (H, W) or (D, H, W), optional
+        Shape of conductivity images on [-R, R]^2 accepted besides per-cell vectors; on a 3-D
+        mesh a voxel grid (D layers from the bottom) over the mesh's height.
     injection, measurement : str or array
         Current patterns and measurement matrix, as in :class:`CEMForwardModel`.
     comm : MPI.Comm
@@ -145,13 +146,13 @@ class EITOperator(torch.nn.Module):
         sigma = sigma.to(torch.float64)
         if sigma.ndim == 2 and sigma.shape[1] == self.n_cells:
             return sigma
-        if self.image_shape is not None and sigma.ndim == 3 and tuple(sigma.shape[1:]) == self.image_shape:
+        if self.image_shape is not None and tuple(sigma.shape[1:]) == self.image_shape:
             flat = sigma.reshape(sigma.shape[0], -1)
             _check_positive(flat, "pixel")
             return _PixelToCells.apply(flat, self._P.to(flat.device), self._PT.to(flat.device))
         expected = f"(B, {self.n_cells})"
         if self.image_shape is not None:
-            expected += f" or (B, {self.image_shape[0]}, {self.image_shape[1]})"
+            expected += f" or (B, {', '.join(str(v) for v in self.image_shape)})"
         raise ValueError(f"conductivity must have shape {expected}, got {tuple(sigma.shape)}")
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -172,7 +173,7 @@ class EITOperator(torch.nn.Module):
         cells = self.to_cells(sigma.unsqueeze(0)).detach()[0]
         result = self.model.solve(cells.cpu().numpy())
         J = self.model.jacobian(result).reshape(-1, self.n_cells)
-        if sigma.ndim == 2 and self.image_shape is not None and tuple(sigma.shape) == self.image_shape:
+        if self.image_shape is not None and tuple(sigma.shape) == self.image_shape:
             J = (self.model.pixel_map(self.image_shape).T @ J.T).T
         return torch.from_numpy(np.ascontiguousarray(J))
 

@@ -18,6 +18,7 @@ key                        shape       meaning
 ``conductivity``           (n_cells,)  true per-cell conductivity (optional)
 ``conductivity_image``     (H, W)      true conductivity image, NaN outside (optional)
 ``phantom``                ()          JSON description of the phantom (optional)
+``tank3d``                 ()          JSON of the 3-D cylinder (3-D files only, optional)
 =========================  ==========  ====================================================
 """
 

@@ -51,7 +51,8 @@ def export_xdmf(
         tmp = tmpdir / path.name
         with dolfinx.io.XDMFFile(comm, str(tmp), "w") as xdmf:
             xdmf.write_mesh(mesh)
-            mesh.topology.create_connectivity(1, 2)
+            tdim = mesh.topology.dim
+            mesh.topology.create_connectivity(tdim - 1, tdim)
             xdmf.write_meshtags(tank_mesh.facet_tags, mesh.geometry)
             original = np.asarray(mesh.topology.original_cell_index, dtype=np.int64)
             for name, values in (cell_fields or {}).items():
