@@ -77,6 +77,15 @@ _BARS_DEFAULTS: dict = {
     },
 }
 
+# The paper's schedule for its balls atlases (200 epochs, the last 50 with overlap), with the
+# 2 000 images and decoder noise 0.02 that the first bundled balls atlases were tuned to.
+_BALLS_DEFAULTS: dict = {
+    **_IMAGE_DEFAULTS,
+    "n_train": 2000,
+    "chart": {**_IMAGE_DEFAULTS["chart"], "sigma_hd": 0.02},
+    "train": {**_IMAGE_DEFAULTS["train"], "epochs": 200, "overlap_epochs": 50},
+}
+
 #: Per-dataset defaults: (charts, chart-config overrides, train-config overrides, n_train).
 DATASET_DEFAULTS: dict[str, dict] = {
     "two-circles": {
@@ -90,7 +99,9 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "torus": {"charts": 6, "n_train": 6000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "swiss-roll": {"charts": 4, "n_train": 4000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "bars": _BARS_DEFAULTS,
-    "balls": _IMAGE_DEFAULTS,
+    "balls": _BALLS_DEFAULTS,
+    "balls-signed": _BALLS_DEFAULTS,
+    "balls-mixed": _BALLS_DEFAULTS,
     "ktc": _IMAGE_DEFAULTS,
 }
 
