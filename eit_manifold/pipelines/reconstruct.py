@@ -220,6 +220,8 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         "objective_per_start": result.objective_all.tolist(),
         "warm_start": config.warm_start,
         "best_start_is_warm": bool(config.warm_start and result.best_start < atlas.n_charts),
+        "stopping": {"reason": result.stop_reason, "window": descent.stop_window, "rtol": descent.stop_rtol,
+                     "max_iter": descent.max_iter, "best_objective": result.best_objective.tolist()},
     }
     return sigma, details
 
