@@ -12,7 +12,7 @@ from eit_manifold.cli._app import app
 @app.command("train")
 def train(
     dataset: str = typer.Option(
-        ..., help="two-circles, ring, sphere, torus, swiss-roll, bars, balls, ktc"
+        ..., help="two-circles, ring, sphere, torus, swiss-roll, bars, balls, balls-signed, balls-mixed, ktc"
     ),
     out: Path = typer.Option(..., help="output directory (atlas, checkpoint, figures)"),
     charts: int = typer.Option(None, help="number of charts K (default: per dataset)"),
