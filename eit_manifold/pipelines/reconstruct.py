@@ -27,7 +27,7 @@ from mpi4py import MPI
 
 from eit_manifold.io import check_output_dir, save_npy_atomic, staged_dir, write_json
 from eit_manifold.metrics import psnr, relative_data_misfit, relative_l2, ssim
-from eit_manifold.operators.eit import EITOperator, Tank
+from eit_manifold.operators.eit import EITOperator, Tank, conductivity_to_image, image_to_conductivity
 from eit_manifold.operators.eit.data_file import MeasurementData, read_measurements
 from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
 from eit_manifold.operators.eit.pixels import pixel_centres
@@ -163,18 +163,13 @@ def load_problem(
     return make_problem(data, operator, time.perf_counter() - t0)
 
 
-def conductivity_from_image(x: torch.Tensor, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """sigma = sigma_min + (sigma_max - sigma_min) clip(x, 0, 1), in float64 (atlas images may overshoot)."""
-    return sigma_min + (sigma_max - sigma_min) * x.to(torch.float64).clamp(0.0, 1.0)
-
-
 def misfit_objective(problem: EITProblem, sigma_min: float, sigma_max: float):
     """The atlas objective F(x) = 0.5 ||A(sigma(x)) - d||^2 / ||d||^2 for a batch of images (B,)."""
     d = problem.measurements
     scale = float((d**2).sum())
 
     def objective(x: torch.Tensor) -> torch.Tensor:
-        y = problem.operator(conductivity_from_image(x, sigma_min, sigma_max))
+        y = problem.operator(image_to_conductivity(x, sigma_min, sigma_max, clip=True))
         return 0.5 * ((y - d) ** 2).sum(dim=(1, 2)) / scale
 
     return objective
@@ -202,14 +197,14 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         from eit_manifold.baselines.eit_absolute import reconstruct_baseline
 
         sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", config.sigma_min, config.sigma_max, 3)
-        x_gn = torch.as_tensor((sigma_gn - config.sigma_min) / (config.sigma_max - config.sigma_min),
+        x_gn = torch.as_tensor(conductivity_to_image(sigma_gn, config.sigma_min, config.sigma_max),
                                dtype=x0.dtype)[None]
         with torch.no_grad():
             x_warm, k_warm = atlas.project_on_every_chart(x_gn)
         x0, charts = torch.cat([x_warm, x0]), torch.cat([k_warm, charts])
     result = descent.run(x0=x0, chart0=charts, progress=config.progress)
     x = result.x.detach().to(torch.float64)
-    sigma = conductivity_from_image(x, config.sigma_min, config.sigma_max).numpy()
+    sigma = image_to_conductivity(x, config.sigma_min, config.sigma_max, clip=True).numpy()
     history = result.history.objective
     details = {
         "atlas": str(config.atlas),

@@ -16,6 +16,7 @@ from mpi4py import MPI
 
 from eit_manifold.data.images import BALL_FAMILIES, ball_background, heldout_image, render
 from eit_manifold.io import check_output_file, staged_files
+from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
 from eit_manifold.operators.eit.data_file import MAX_ELECTRODES, MeasurementData, write_measurements
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.geometry import Tank
@@ -23,7 +24,6 @@ from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
 from eit_manifold.operators.eit.patterns import INJECTIONS, MEASUREMENTS, injection_patterns
 from eit_manifold.operators.eit.phantoms import (
     default_disks,
-    image_to_conductivity,
     inclusion_conductivity,
     random_inclusions,
 )
@@ -170,7 +170,8 @@ def phantom_conductivity(
         inclusions = random_inclusions(config.phantom, np.random.default_rng(config.seed), R, lo, hi)
     elif config.phantom in BALL_FAMILIES:
         fine, params = heldout_image(config.phantom, config.seed, size=RENDER_SIZE)
-        sigma = model.pixel_map(fine.shape) @ image_to_conductivity(fine, config.sigma_min, config.sigma_max).ravel()
+        sigma = model.pixel_map(fine.shape) @ image_to_conductivity(fine, config.sigma_min, config.sigma_max,
+                                                                   check=True).ravel()
         x = render(config.phantom, params, config.image_size)
         sigma_img = image_to_conductivity(x, config.sigma_min, config.sigma_max)
         xx, yy = pixel_centres(x.shape, R)
