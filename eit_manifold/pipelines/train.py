@@ -278,6 +278,7 @@ def run_train(
     progress: bool = True,
     command: str | None = None,
     plots: bool = True,
+    save_partial: bool = False,
 ) -> dict:
     """Train, save and evaluate an atlas; return the job summary written to ``out/train.json``.
 
@@ -297,6 +298,10 @@ def run_train(
         Command line recorded in ``train.json`` (defaults to ``sys.argv``).
     plots : bool
         Write ``loss.png`` and ``atlas.png``.
+    save_partial : bool
+        With ``stop_after``: save, evaluate and plot the atlas as it is when the run stops (a
+        time-boxed run; ``train.json`` records ``stopped_after`` and ``finished: false``, and
+        ``resume`` continues the schedule).
     """
     out = check_output_dir(out, "--out")
     job_path = out / JOB_FILE
@@ -337,7 +342,10 @@ def run_train(
     summary["finished"] = bool(history) and history[-1]["epoch"] == job.train.epochs
     summary["torch_threads"] = torch.get_num_threads()
     summary["parameters"] = count_parameters(atlas)
-    if not summary["finished"]:
+    partial = save_partial and stop_after is not None and bool(history) and not summary["finished"]
+    if partial:
+        summary["stopped_after"] = history[-1]["epoch"]
+    if not (summary["finished"] or partial):
         write_json(job_path, summary)
         return summary
     # the atlas, its figures and the final train.json appear together
