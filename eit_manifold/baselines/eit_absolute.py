@@ -12,14 +12,15 @@ Gauss-Newton steps on the linearised problem (Jacobian from adjoint solves):
 Noise model: ``std_pm = max(eta, 1e-3) * rms(d_p)``, the file's relative noise level per pattern
 (floored: below 0.1 % the coarse reconstruction mesh's model error dominates). Regularisation
 weight (the only parameter, in these whitened units): **a fixed weight per noise level, chosen on
-validation phantoms** disjoint from every test phantom (held-out ``balls`` indices 200-203 at
-0.1 % and 1 %, noise seeds of their own, half-decade grid; ``scripts/choose_eit_weights.py``):
-the grid weight with the smallest mean relative L2 error, :data:`VALIDATED_WEIGHTS`, log-log
-interpolated between the levels and constant beyond them (:func:`validated_weight`). The rule needs nothing from the image being reconstructed
-but its file's noise level, so it holds on every image and picks the same weight on reruns. (It
-replaced Morozov's discrepancy principle, which stopped at the homogeneous fit whenever that
-already explained the 1 % data — the constant image — and otherwise chose the largest weight of
-its grid.) Gauss-Newton steps are iterated until sigma changes by less than ``STEP_TOL``.
+validation phantoms** disjoint from every test phantom (held-out ``balls`` indices 200-203 at 0.1
+% and 1 %, noise seeds of their own, half-decade grid; ``scripts/choose_eit_weights.py``): the
+grid weight with the smallest mean relative L2 error, :data:`VALIDATED_WEIGHTS`, log-log
+interpolated between the levels and constant beyond them (:func:`validated_weight`). The rule
+needs nothing from the image being reconstructed but its file's noise level, so it holds on every
+image and picks the same weight on reruns. (It replaced Morozov's discrepancy principle, which
+stopped at the homogeneous fit whenever that already explained the 1 % data — the constant image —
+and otherwise chose the largest weight of its grid.) Gauss-Newton steps are iterated until sigma
+changes by less than ``STEP_TOL``.
 Conductivities are kept in [sigma_min, sigma_max] (projected steps).
 """
 
