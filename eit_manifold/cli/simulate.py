@@ -25,7 +25,8 @@ def simulate_command(
         "disks",
         help="Phantom: homogeneous, disks (fixed pair), image (--phantom-image, values in [0, 1]), conductivity "
         "(--phantom-image in S/m, NaN outside the tank: a reconstruction's conductivity.npy), balls (held-out "
-        "image of the atlas family, index --seed), or random disk / three-disks / ellipse (drawn from --seed).",
+        "image of the paper's two-disk family, index --seed), balls-signed / balls-mixed (the same from the signed "
+        "and mixed-contrast families), or random disk / three-disks / ellipse (drawn from --seed).",
     ),
     sigma_background: float = typer.Option(1.0, help="Background conductivity (S/m)."),
     phantom_image: Path = typer.Option(None, help="Image of --phantom image (values in [0, 1]) or --phantom "

@@ -1,7 +1,9 @@
 """Reconstruct a conductivity from a measurement file: the ``reconstruct`` job.
 
-Methods: ``atlas`` (Riemannian descent on a learned atlas, the product's method), and the
-classic baselines on the same CEM solver, ``gauss-newton`` (iterated Tikhonov) and ``tv``.
+Methods: ``atlas`` (Riemannian descent on a learned atlas, the product's method), the classic
+baselines on the same CEM solver, ``gauss-newton`` (iterated Tikhonov) and ``tv``, and
+``constant``, the trivial estimate every method must beat: the best homogeneous conductivity
+(least-squares fit of one conductivity to the data).
 The reconstruction mesh defaults to the ``coarse`` preset, which differs from the ``default``
 preset that ``simulate`` uses, so synthetic data do not commit the inverse crime.
 
@@ -25,7 +27,7 @@ from mpi4py import MPI
 
 from eit_manifold.io import check_output_dir, save_npy_atomic, staged_dir, write_json
 from eit_manifold.metrics import psnr, relative_data_misfit, relative_l2, ssim
-from eit_manifold.operators.eit import EITOperator, Tank
+from eit_manifold.operators.eit import EITOperator, Tank, conductivity_to_image, image_to_conductivity
 from eit_manifold.operators.eit.data_file import MeasurementData, read_measurements
 from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
 from eit_manifold.operators.eit.pixels import pixel_centres
@@ -39,7 +41,7 @@ from eit_manifold.validation import (
     collective_check,
 )
 
-METHODS = ("atlas", "gauss-newton", "tv")
+METHODS = ("atlas", "gauss-newton", "tv", "constant")
 MAX_STARTS = 1000
 MAX_ITERATIONS = 100_000
 MAX_IMAGE_SIZE = 512
@@ -161,18 +163,13 @@ def load_problem(
     return make_problem(data, operator, time.perf_counter() - t0)
 
 
-def conductivity_from_image(x: torch.Tensor, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """sigma = sigma_min + (sigma_max - sigma_min) clip(x, 0, 1), in float64 (atlas images may overshoot)."""
-    return sigma_min + (sigma_max - sigma_min) * x.to(torch.float64).clamp(0.0, 1.0)
-
-
 def misfit_objective(problem: EITProblem, sigma_min: float, sigma_max: float):
     """The atlas objective F(x) = 0.5 ||A(sigma(x)) - d||^2 / ||d||^2 for a batch of images (B,)."""
     d = problem.measurements
     scale = float((d**2).sum())
 
     def objective(x: torch.Tensor) -> torch.Tensor:
-        y = problem.operator(conductivity_from_image(x, sigma_min, sigma_max))
+        y = problem.operator(image_to_conductivity(x, sigma_min, sigma_max, clip=True))
         return 0.5 * ((y - d) ** 2).sum(dim=(1, 2)) / scale
 
     return objective
@@ -200,14 +197,14 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         from eit_manifold.baselines.eit_absolute import reconstruct_baseline
 
         sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", config.sigma_min, config.sigma_max, 3)
-        x_gn = torch.as_tensor((sigma_gn - config.sigma_min) / (config.sigma_max - config.sigma_min),
+        x_gn = torch.as_tensor(conductivity_to_image(sigma_gn, config.sigma_min, config.sigma_max),
                                dtype=x0.dtype)[None]
         with torch.no_grad():
             x_warm, k_warm = atlas.project_on_every_chart(x_gn)
         x0, charts = torch.cat([x_warm, x0]), torch.cat([k_warm, charts])
     result = descent.run(x0=x0, chart0=charts, progress=config.progress)
     x = result.x.detach().to(torch.float64)
-    sigma = conductivity_from_image(x, config.sigma_min, config.sigma_max).numpy()
+    sigma = image_to_conductivity(x, config.sigma_min, config.sigma_max, clip=True).numpy()
     history = result.history.objective
     details = {
         "atlas": str(config.atlas),
@@ -220,12 +217,18 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         "objective_per_start": result.objective_all.tolist(),
         "warm_start": config.warm_start,
         "best_start_is_warm": bool(config.warm_start and result.best_start < atlas.n_charts),
+        "stopping": {"reason": result.stop_reason, "window": descent.stop_window, "rtol": descent.stop_rtol,
+                     "max_iter": descent.max_iter, "best_objective": result.best_objective.tolist()},
     }
     return sigma, details
 
 
 def _baseline(problem: EITProblem, config: ReconstructConfig) -> tuple[np.ndarray, dict]:
-    from eit_manifold.baselines.eit_absolute import reconstruct_baseline
+    from eit_manifold.baselines.eit_absolute import homogeneous_fit, reconstruct_baseline
+
+    if config.method == "constant":
+        sigma0 = homogeneous_fit(problem.operator.model, problem.data.measurements)
+        return np.full(problem.operator.image_shape, sigma0), {"sigma0": sigma0}
 
     return reconstruct_baseline(problem, config.method, config.sigma_min, config.sigma_max, config.iterations)
 
@@ -250,14 +253,15 @@ def compute_metrics(problem: EITProblem, sigma_image: np.ndarray, predicted: np.
 
 def reconstruct_problem(problem: EITProblem, config: ReconstructConfig) -> dict:
     """Run one method on a loaded problem; returns image, predicted data, metrics (no files)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     method = reconstruct_atlas if config.method == "atlas" else _baseline
     sigma, details = method(problem, config)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     sigma = np.asarray(sigma, dtype=float).reshape(problem.operator.image_shape)
     predicted = problem.operator(torch.from_numpy(sigma)[None])[0].numpy()
     metrics = compute_metrics(problem, sigma, predicted, config.sigma_min, config.sigma_max)
-    metrics.update(reconstruction_s=elapsed, setup_s=problem.setup_s)
+    # CPU time next to wall time: on a shared machine the wall time also measures the other jobs
+    metrics.update(reconstruction_s=elapsed, reconstruction_cpu_s=cpu, setup_s=problem.setup_s)
     return {"image": problem.to_image(sigma), "cells": problem.operator.model.pixel_map(sigma.shape) @ sigma.ravel(),
             "predicted": predicted, "metrics": metrics, "details": details}
 

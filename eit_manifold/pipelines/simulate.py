@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from eit_manifold.data.images import BALL_FAMILIES, ball_background, heldout_image, render
 from eit_manifold.io import check_output_file, staged_files
+from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
 from eit_manifold.operators.eit.data_file import MAX_ELECTRODES, MeasurementData, write_measurements
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.geometry import Tank
@@ -22,7 +24,6 @@ from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
 from eit_manifold.operators.eit.patterns import INJECTIONS, MEASUREMENTS, injection_patterns
 from eit_manifold.operators.eit.phantoms import (
     default_disks,
-    image_to_conductivity,
     inclusion_conductivity,
     random_inclusions,
 )
@@ -43,7 +44,8 @@ from eit_manifold.validation import (
     numeric_array,
 )
 
-PHANTOMS = ("homogeneous", "disks", "image", "conductivity", "balls", "disk", "three-disks", "ellipse")
+PHANTOMS = ("homogeneous", "disks", "image", "conductivity", "balls", "balls-signed", "balls-mixed", "disk",
+            "three-disks", "ellipse")
 MAX_IMAGE_SIDE = 2048
 # Resolution at which image-family phantoms are rendered onto the simulation mesh (finer than the
 # images the atlas reconstructs, so the simulation does not share their pixelation).
@@ -193,17 +195,17 @@ def phantom_conductivity(
     elif config.phantom in ("disk", "three-disks", "ellipse"):
         lo, hi = (config.sigma_min + (config.sigma_max - config.sigma_min) * v for v in (0.1, 0.9))
         inclusions = random_inclusions(config.phantom, np.random.default_rng(config.seed), R, lo, hi)
-    elif config.phantom == "balls":
-        from eit_manifold.data.images import BALL_BACKGROUND, heldout_image, render
-
-        fine, params = heldout_image("balls", config.seed, size=RENDER_SIZE)
-        sigma = image_map(fine.shape) @ image_to_conductivity(fine, config.sigma_min, config.sigma_max).ravel()
-        x = render("balls", params, config.image_size)
+    elif config.phantom in BALL_FAMILIES:
+        fine, params = heldout_image(config.phantom, config.seed, size=RENDER_SIZE)
+        sigma = image_map(fine.shape) @ image_to_conductivity(fine, config.sigma_min, config.sigma_max,
+                                                                   check=True).ravel()
+        x = render(config.phantom, params, config.image_size)
         sigma_img = image_to_conductivity(x, config.sigma_min, config.sigma_max)
         xx, yy = pixel_centres(x.shape, R)
         img = np.where(xx**2 + yy**2 <= R**2, sigma_img, np.nan)
-        desc = {"kind": "balls", "heldout_index": config.seed, "background": BALL_BACKGROUND,
+        desc = {"kind": config.phantom, "heldout_index": config.seed, "background": ball_background(config.phantom),
                 "centres": np.asarray(params["centres"]).tolist(), "radii": np.asarray(params["radii"]).tolist(),
+                "values": np.asarray(params["values"]).tolist(),
                 "sigma_min": config.sigma_min, "sigma_max": config.sigma_max, "image": x.tolist()}
         return sigma, img, desc
     elif config.phantom in ("image", "conductivity"):

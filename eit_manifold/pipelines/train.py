@@ -77,6 +77,15 @@ _BARS_DEFAULTS: dict = {
     },
 }
 
+# The paper's schedule for its balls atlases (200 epochs, the last 50 with overlap), with the
+# 2 000 images and decoder noise 0.02 that the first bundled balls atlases were tuned to.
+_BALLS_DEFAULTS: dict = {
+    **_IMAGE_DEFAULTS,
+    "n_train": 2000,
+    "chart": {**_IMAGE_DEFAULTS["chart"], "sigma_hd": 0.02},
+    "train": {**_IMAGE_DEFAULTS["train"], "epochs": 200, "overlap_epochs": 50},
+}
+
 #: Per-dataset defaults: (charts, chart-config overrides, train-config overrides, n_train).
 DATASET_DEFAULTS: dict[str, dict] = {
     "two-circles": {
@@ -90,7 +99,9 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "torus": {"charts": 6, "n_train": 6000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "swiss-roll": {"charts": 4, "n_train": 4000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "bars": _BARS_DEFAULTS,
-    "balls": _IMAGE_DEFAULTS,
+    "balls": _BALLS_DEFAULTS,
+    "balls-signed": _BALLS_DEFAULTS,
+    "balls-mixed": _BALLS_DEFAULTS,
     "ktc": _IMAGE_DEFAULTS,
 }
 
@@ -267,6 +278,7 @@ def run_train(
     progress: bool = True,
     command: str | None = None,
     plots: bool = True,
+    save_partial: bool = False,
 ) -> dict:
     """Train, save and evaluate an atlas; return the job summary written to ``out/train.json``.
 
@@ -286,6 +298,10 @@ def run_train(
         Command line recorded in ``train.json`` (defaults to ``sys.argv``).
     plots : bool
         Write ``loss.png`` and ``atlas.png``.
+    save_partial : bool
+        With ``stop_after``: save, evaluate and plot the atlas as it is when the run stops (a
+        time-boxed run; ``train.json`` records ``stopped_after`` and ``finished: false``, and
+        ``resume`` continues the schedule).
     """
     out = check_output_dir(out, "--out")
     job_path = out / JOB_FILE
@@ -326,7 +342,10 @@ def run_train(
     summary["finished"] = bool(history) and history[-1]["epoch"] == job.train.epochs
     summary["torch_threads"] = torch.get_num_threads()
     summary["parameters"] = count_parameters(atlas)
-    if not summary["finished"]:
+    partial = save_partial and stop_after is not None and bool(history) and not summary["finished"]
+    if partial:
+        summary["stopped_after"] = history[-1]["epoch"]
+    if not (summary["finished"] or partial):
         write_json(job_path, summary)
         return summary
     # the atlas, its figures and the final train.json appear together

@@ -208,13 +208,6 @@ def _check_positive(values: torch.Tensor, what: str) -> None:
         )
 
 
-def image_to_conductivity(x: torch.Tensor, sigma_min: float = 0.2, sigma_max: float = 1.8) -> torch.Tensor:
-    """Differentiable map of images x in [0, 1] to sigma = sigma_min + (sigma_max - sigma_min) x."""
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    return sigma_min + (sigma_max - sigma_min) * x
-
-
 def log_conductivity_to_conductivity(log_sigma: torch.Tensor) -> torch.Tensor:
     """Differentiable log-conductivity parametrisation sigma = exp(s): positive by construction."""
     return torch.exp(log_sigma)
