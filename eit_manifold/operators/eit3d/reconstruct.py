@@ -2,8 +2,9 @@
 
 The 2-D baseline's machinery is dimension-free and reused as is: the best homogeneous fit, the
 Jacobian in a basis (adjoint solves reusing the forward factorisation), the Gaussian smoothness
-prior, the Tikhonov step and the discrepancy rule for its weight (see
-:mod:`eit_manifold.baselines.eit_absolute`). Only the basis differs: the voxels of a (D, H, W)
+prior, the Tikhonov step and the validated weight of the 2-D Gauss-Newton baseline (see
+:mod:`eit_manifold.baselines.eit_absolute`; it was chosen on 2-D validation phantoms, not
+re-validated in 3-D). Only the basis differs: the voxels of a (D, H, W)
 grid over the tank that meet the mesh.
 """
 
@@ -14,13 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from eit_manifold.baselines.eit_absolute import TAU, _discrepancy_weight, homogeneous_fit
+from eit_manifold.baselines.eit_absolute import homogeneous_fit, validated_weight
 from eit_manifold.baselines.eit_linear import jacobian_in_basis, smoothness_prior_factor, tikhonov_solve
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.pixels import voxel_centres
 from eit_manifold.operators.noise import RelativeNoise
 
 DEFAULT_GRID = (6, 16, 16)
+# Iterations stop once the whitened residual is within this factor of its noise-only value sqrt(m).
+TAU = 1.2
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def gauss_newton_3d(
     sigma0 = homogeneous_fit(model, data)
     x = np.full(basis.size, sigma0)
     L = smoothness_prior_factor(basis.centres, corr_length=model.tank.radius / 4, std=1.0)
-    weight, residuals = None, []
+    weight, residuals = validated_weight("gauss-newton", noise_level), []
     for _ in range(max(1, int(iterations))):
         res = model.solve(basis.matrix @ x)
         r = (data - res.measurements).ravel()
@@ -107,8 +110,6 @@ def gauss_newton_3d(
         def step(w: float, J=J, rhs=rhs) -> np.ndarray:
             return tikhonov_solve(J, rhs, std, np.sqrt(w) * L)
 
-        if weight is None:
-            weight = _discrepancy_weight(step, J, rhs, std)
         x = np.clip(sigma0 + step(weight), sigma_min, sigma_max)
     return basis.matrix @ x, basis.to_grid(x), {"sigma0": sigma0, "weight": weight, "iterations": len(residuals),
                                                 "whitened_residual": residuals, "grid": list(basis.shape)}
