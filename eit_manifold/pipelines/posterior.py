@@ -180,9 +180,10 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
 
 def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     """The EIT posterior of a measurement file on the reconstruction mesh (on ``comm``)."""
+    from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
     from eit_manifold.operators.noise import RelativeNoise
     from eit_manifold.optim.posterior import gaussian_residual
-    from eit_manifold.pipelines.reconstruct import conductivity_from_image, load_problem
+    from eit_manifold.pipelines.reconstruct import load_problem
 
     shape = (config.image_size, config.image_size)
     problem = load_problem(config.data, shape, config.mesh, config.mesh_size, comm)
@@ -195,7 +196,7 @@ def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     lo, hi = config.sigma_min, config.sigma_max
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return problem.operator(conductivity_from_image(x, lo, hi))
+        return problem.operator(image_to_conductivity(x, lo, hi, clip=True))
 
     warm = None
     if config.warm_start:
@@ -205,7 +206,7 @@ def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
         warm = torch.as_tensor((sigma_gn - lo) / (hi - lo), dtype=torch.float32)
     truth = problem.truth
     return PosteriorProblem(atlas, gaussian_residual(forward, torch.tensor(d), torch.tensor(std)),
-                            lambda x: conductivity_from_image(x, lo, hi), truth, problem.inside, warm,
+                            lambda x: image_to_conductivity(x, lo, hi, clip=True), truth, problem.inside, warm,
                             float(problem.data.radius), "conductivity",
                             {"operator": "eit", "source": str(config.data), "noise_level": eta,
                              "mesh_cells": problem.operator.n_cells, "eit_problem": problem})
