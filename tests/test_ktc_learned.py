@@ -52,7 +52,7 @@ def test_phantoms_are_reproducible_and_within_their_ranges():
     assert all(np.array_equal(s.vertices, t.vertices) for p, q in zip(a, b, strict=True)
                for s, t in zip(p, q, strict=True))
     targets = [t for p in a for t in p]
-    assert {len(p) for p in a} == {1, 2, 3}
+    assert {len(p) for p in a} == {1, 2, 3, 4}
     assert {t.label for t in targets} == {1, 2}
     lo, hi = CONTRAST_EXPONENTS
     for t in targets:
@@ -68,6 +68,9 @@ def test_phantoms_are_reproducible_and_within_their_ranges():
 
     ratios = [area(t.vertices) / ConvexHull(t.vertices).volume for t in targets]
     assert min(ratios) < 0.8 and max(ratios) > 0.99
+    # the smooth blobs (64 vertices) are among them, some non-convex too
+    blobs = [r for t, r in zip(targets, ratios, strict=True) if len(t.vertices) == 64]
+    assert blobs and min(blobs) < 0.95
 
 
 @functools.cache
@@ -126,8 +129,9 @@ def test_simulated_pairs_are_reproducible_and_physical():
     c = simulate_pairs(cal, ref, None, 6, np.random.default_rng(3), SimulationConfig(mesh_size=0.015, label_size=16),
                        progress=False)
     assert np.array_equal(c["labels"], a["labels"])
-    err = np.linalg.norm(c["clean"] - a["clean"], axis=1) / np.linalg.norm(a["clean"], axis=1)
-    assert np.all(err > 1e-4) and np.all(err < 0.5)
+    # the model error is of the size of the calibration's misfit (a few per cent of the data), not more
+    err = np.linalg.norm(c["clean"] - a["clean"], axis=1) / np.linalg.norm(ref.data)
+    assert np.all(err > 1e-5) and np.all(err < 0.03)
     scale = np.sqrt(np.mean(ref.data**2))
     rms = np.sqrt(np.mean((c["changes"] - c["clean"]) ** 2, axis=1)) / scale
     np.testing.assert_allclose(rms, c["noise"], rtol=0.35)
