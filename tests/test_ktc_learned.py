@@ -355,17 +355,21 @@ def test_learned_method_checks_its_network_against_the_run(tmp_path):
             using("bad")
 
 
-def test_bundled_segmenter_loads_and_matches_level_one():
+def test_bundled_segmenter_covers_every_level():
     from eit_manifold.ktc.data import read_ktc
+    from eit_manifold.ktc.levels import restrict_level
     from eit_manifold.ktc.methods import BUNDLED_SEGMENTER
 
     net, meta = load_segmenter(BUNDLED_SEGMENTER)
     ref = read_ktc(ktc_dir() / "ref.mat", 1)
-    assert meta["level"] == 1 and meta["grid"] == 48
-    assert meta["patterns"] == ref.patterns.tolist() and meta["measurements"] == ref.measurements.tolist()
-    # on its own simulated validation set it beat the linear method + Otsu rule
-    assert meta["validation"]["learned"]["mean"] > meta["validation"]["linear"]["mean"]
-    assert len(meta["prior_scales"]) == net.channels and meta["prior_scales"][0] == 1.0
+    assert meta["levels"] == list(range(1, 8)) and meta["grid"] == 48 and meta["mask_channel"]
+    for kept in meta["kept_sets"]:
+        sub = restrict_level(ref, kept["level"])
+        assert kept["patterns"] == sub.patterns.tolist() and kept["measurements"] == sub.measurements.tolist()
+    # on its own simulated validation set it beat the linear method + Otsu rule at every level
+    for level in map(str, meta["levels"]):
+        assert meta["validation"][level]["learned"]["mean"] > meta["validation"][level]["linear"]["mean"]
+    assert len(meta["prior_scales"]) + 1 == net.channels and meta["prior_scales"][0] == 1.0
     labels, _ = predict(net, np.zeros((net.channels, 48, 48)))
     assert labels.shape == (256, 256)
 

@@ -42,7 +42,6 @@ from eit_manifold.baselines.eit_linear import (
     noise_std,
     pixel_basis,
     smoothness_prior_factor,
-    tikhonov_solve,
     tv_solve,
 )
 from eit_manifold.ktc.atlas_method import AtlasMethodConfig
@@ -154,6 +153,7 @@ class ReconstructionContext:
     _prior: np.ndarray | None = field(default=None, init=False, repr=False)
     _gradient: Any = field(default=None, init=False, repr=False)
     _linear_maps: dict[float, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _grams: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
     _atlas_operator: EITOperator | None = field(default=None, init=False, repr=False)
 
     @property
@@ -192,8 +192,14 @@ class ReconstructionContext:
         """
         key = float(prior_scale)
         if key not in self._linear_maps:
-            self._linear_maps[key] = tikhonov_solve(self.jacobian, np.eye(self.jacobian.shape[0]), self.std,
-                                                    self.prior() / key)
+            # (J^T W J + L^T L / s^2)^{-1} J^T W, W = diag(std^-2): the Gram matrices are shared by the
+            # prior scales (this is tikhonov_solve with the identity as data, without multiplying by it)
+            if self._grams is None:
+                jw = self.jacobian / self.std[:, None]
+                self._grams = jw.T @ jw, self.prior().T @ self.prior()
+            data_gram, prior_gram = self._grams
+            rhs = (self.jacobian / self.std[:, None] ** 2).T
+            self._linear_maps[key] = scipy.linalg.solve(data_gram + prior_gram / key**2, rhs, assume_a="pos")
         return self._linear_maps[key]
 
     def atlas_operator(self) -> EITOperator:
