@@ -94,6 +94,7 @@ def test_ktc_train_small_run_and_resume(tmp_path):
     net, meta = load_segmenter(out)
     assert meta["n_train"] == 8 and net.width == 4
     # the network runs at its levels and refuses the others, naming them
+    (tmp_path / "c").mkdir()
     case = _case_dir(tmp_path / "c", ("ref.mat", "data1.mat"))
     ok = runner.invoke(app, ["ktc", str(case), "--segmenter", str(out), "--grid", "24", "--level", "7",
                              "--out", str(tmp_path / "o7")])
