@@ -164,3 +164,14 @@ def angle_error(angle: ArrayLike, ref: ArrayLike, period: float = math.pi) -> np
     d = np.mod(a - b, period)
     d = np.minimum(d, period - d)
     return float(d) if d.ndim == 0 else d
+
+
+def interval_coverage(truth: ArrayLike, lower: ArrayLike, upper: ArrayLike) -> float:
+    """Fraction of the entries of ``truth`` inside ``[lower, upper]`` (entries with a NaN are skipped)."""
+    t, lo, hi = (_to_numpy(a).astype(float) for a in (truth, lower, upper))
+    if not t.shape == lo.shape == hi.shape:
+        raise ValueError(f"shapes differ: truth {t.shape}, lower {lo.shape}, upper {hi.shape}")
+    ok = np.isfinite(t) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        raise ValueError("interval_coverage: no finite entries")
+    return float(np.mean((t[ok] >= lo[ok]) & (t[ok] <= hi[ok])))

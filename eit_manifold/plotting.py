@@ -215,3 +215,55 @@ def plot_trajectories(
         ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
     save_figure(fig, path)
+
+
+def plot_posterior(
+    path: str | os.PathLike,
+    stats: dict[str, np.ndarray],
+    samples: np.ndarray,
+    truth: np.ndarray | None,
+    extent: float = 1.0,
+    unit: str = "value",
+    title: str = "posterior",
+) -> None:
+    """Truth (if known), posterior mean, std, 90 % band width ``q95 - q05`` and a few samples.
+
+    Parameters
+    ----------
+    path : path-like
+        Output PNG.
+    stats : dict
+        ``mean``, ``std``, ``q05``, ``q95`` images ``(H, W)`` (NaN outside the domain).
+    samples : np.ndarray
+        ``(n, H, W)`` posterior samples shown after the summaries.
+    truth : np.ndarray, optional
+        True image, same scale as the mean.
+    extent : float
+        Images cover ``[-extent, extent]^2``.
+    unit : str
+        Name of the image quantity (colour bar labels).
+    title : str
+        Figure title.
+    """
+    value_panels = ([("truth", truth)] if truth is not None else []) + [("posterior mean", stats["mean"])]
+    value_panels += [(f"sample {i + 1}", s) for i, s in enumerate(samples)]
+    spread = [("std", stats["std"]), ("90% band width", stats["q95"] - stats["q05"])]
+    finite = [p for _, p in value_panels if np.isfinite(p).any()]
+    vmin = min(float(np.nanmin(p)) for p in finite)
+    vmax = max(float(np.nanmax(p)) for p in finite)
+    smax = max(float(np.nanmax(p)) for _, p in spread) or 1.0
+    n = len(value_panels) + len(spread)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False, layout="constrained")
+    order = value_panels[: 1 + (truth is not None)] + spread + value_panels[1 + (truth is not None):]
+    box = (-extent, extent, -extent, extent)
+    for ax, (label, img) in zip(axes[0], order, strict=True):
+        is_spread = label in ("std", "90% band width")
+        im = ax.imshow(img, extent=box, cmap="magma" if is_spread else "viridis",
+                       vmin=0.0 if is_spread else vmin, vmax=smax if is_spread else vmax)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if label in ("posterior mean", "90% band width"):
+            fig.colorbar(im, ax=ax, shrink=0.8, label=unit if label == "posterior mean" else f"{unit} spread")
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)

@@ -92,3 +92,17 @@ def test_separable_matrices_match_convolution(size: int) -> None:
     x = torch.randn(2, 18, 12, dtype=torch.float64)
     kh, kw = op.matrix_1d(18), op.matrix_1d(12)
     assert torch.allclose(kh @ x @ kw.T, op.linear(x), atol=1e-14)
+
+
+@pytest.mark.parametrize(("size", "kernel_size", "std"), [(128, 40, 15.0), (64, 20, 7.5)])
+def test_paper_operator_parameters(size: int, kernel_size: int, std: float) -> None:
+    op = GaussianBlur.paper(size, background=0.5, noise_std=0.1)
+    assert (op.kernel_size, op.std, op.background, op.noise_model.sigma) == (kernel_size, std, 0.5, 0.1)
+    t = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    g = torch.exp(-(t**2) / (2 * std**2))
+    torch.testing.assert_close(op.kernel, torch.outer(g, g) / torch.outer(g, g).sum())
+    # applied to x - 0.5: the background is a fixed point, a contrast is blurred with unit mass
+    x = torch.full((1, size, size), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(op(x), x)
+    x[0, size // 2, size // 2] += 1.0
+    assert float((op(x) - 0.5).sum()) == pytest.approx(1.0)

@@ -143,13 +143,14 @@ def test_shape_mismatch_names_entry(tmp_path) -> None:
         load_atlas(tmp_path / "a")
 
 
-@pytest.mark.parametrize("name", ["bars", "bars-k1", "balls", "balls-k1"])
+@pytest.mark.parametrize("name", ["bars", "bars-k1", "balls", "balls-k1", "balls-signed", "balls-signed-k1"])
 def test_bundled_atlases_load(name: str) -> None:
     if name not in bundled_atlases():
         pytest.skip(f"bundled atlas {name} not shipped")
     atlas = load_atlas(name)
     assert atlas.image_shape == (64, 64)
     assert atlas.n_charts == (1 if name.endswith("k1") else 2)
+    assert atlas.meta["dataset"] == name.removesuffix("-k1")  # names follow the family they learned
     x = atlas.sample(4, torch.Generator().manual_seed(0))
     assert x.shape == (4, 64, 64)
     # The encoder is the exact inverse (float64: 1e-8); in float32 deep invertible networks amplify

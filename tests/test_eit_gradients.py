@@ -131,3 +131,40 @@ def test_parametrisation_and_lbfgs_fit(small_op):
     start = closure().item()
     opt.step(closure)
     assert closure().item() < 1e-4 * start
+
+
+def test_operator_carries_a_relative_noise_model(small_op):
+    from eit_manifold.operators.noise import RelativeNoise
+
+    assert small_op.noise_model == RelativeNoise(0.0)
+    op = EITOperator.from_model(small_op.model, image_shape=(6, 6), noise_model=RelativeNoise(0.01))
+    sigma = torch.ones(1, 6, 6, dtype=torch.float64)
+    clean = op(sigma)
+    a, b = (op.measure(sigma, torch.Generator().manual_seed(2)) for _ in range(2))
+    assert torch.equal(a, b)
+    expected = clean + op.noise_model.std(clean) * torch.randn(
+        clean.shape, generator=torch.Generator().manual_seed(2), dtype=clean.dtype)
+    torch.testing.assert_close(a, expected)
+    assert not torch.equal(a, clean)
+
+
+def test_the_one_conductivity_map_numpy_torch_clip_check_inverse() -> None:
+    from eit_manifold.operators.eit import conductivity_to_image
+
+    x = np.array([[-0.1, 0.0, 0.5], [1.0, 1.2, 0.25]])
+    np.testing.assert_allclose(image_to_conductivity(x), 0.2 + 1.6 * x)
+    np.testing.assert_allclose(image_to_conductivity(x, clip=True), 0.2 + 1.6 * np.clip(x, 0, 1))
+    t = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+    out = image_to_conductivity(t, 0.5, 2.5, clip=True)
+    assert out.dtype == torch.float64  # the operator's dtype
+    out.sum().backward()
+    strict = (x != 0) & (x != 1)  # the clamp's derivative at its ends is a convention; not checked
+    np.testing.assert_allclose(t.grad.numpy()[strict], (2.0 * ((x > 0) & (x < 1)))[strict])
+    np.testing.assert_allclose(conductivity_to_image(image_to_conductivity(x, 0.3, 1.1), 0.3, 1.1), x)
+    assert torch.allclose(conductivity_to_image(image_to_conductivity(t.detach(), 0.3, 1.1), 0.3, 1.1), t.detach())
+    with pytest.raises(ValueError, match=r"values must lie in \[0, 1\]"):
+        image_to_conductivity(x, check=True)
+    with pytest.raises(ValueError, match="non-finite"):
+        image_to_conductivity(np.array([np.nan]), check=True)
+    with pytest.raises(ValueError, match="0 < sigma_min < sigma_max"):
+        image_to_conductivity(x, 1.0, 0.5)

@@ -290,7 +290,7 @@ def test_multichannel_segmenter_round_trip_and_shapes(tmp_path):
         predict(loaded, x[:, :2])
     with pytest.raises(ValueError, match=r"\(B, 3, h, w\)"):
         loaded(torch.zeros(1, 12, 12))
-    with pytest.raises(ValueError, match="channels >= 1"):
+    with pytest.raises(ValueError, match=r"channels must be in \[1, 64\]"):
         SegmenterNet(width=4, size=16, channels=0)
 
 

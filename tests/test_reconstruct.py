@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from eit_manifold.manifold import load_atlas
-from eit_manifold.operators.eit import EITOperator, MeshOptions, Tank
+from eit_manifold.operators.eit import EITOperator, MeshOptions, Tank, image_to_conductivity
 from eit_manifold.operators.eit.data_file import MeasurementData
 from eit_manifold.pipelines.reconstruct import (
     ReconstructConfig,
-    conductivity_from_image,
     make_problem,
     reconstruct_problem,
 )
@@ -57,7 +56,7 @@ def test_phantom_on_the_atlas_is_recovered(tiny_atlas, operator):
     atlas = load_atlas(tiny_atlas)
     with torch.no_grad():
         x0 = atlas.charts[0].decode(torch.tensor([[0.3, -0.4, 0.2, 0.5, -0.1, 0.0]]))
-    sigma0 = conductivity_from_image(x0, 0.2, 1.8)
+    sigma0 = image_to_conductivity(x0, 0.2, 1.8, clip=True)
     data = _data(operator, operator(sigma0)[0].numpy(), sigma0[0].numpy())
     config = ReconstructConfig(data="-", atlas=str(tiny_atlas), starts=4, iterations=60, image_size=32, seed=0)
     result = reconstruct_problem(make_problem(data, operator), config)

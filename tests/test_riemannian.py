@@ -16,6 +16,7 @@ from eit_manifold.optim import (
     multistart_descent,
     riemannian_gradient,
 )
+from eit_manifold.optim.riemannian import best_per_iteration, window_stalled
 
 
 def dist2_to(a: list[float]):
@@ -232,3 +233,47 @@ def test_bad_objective_and_starts_are_rejected() -> None:
 
     with pytest.raises(ValueError, match="one value per item"):
         RiemannianDescent(atlas, scalar).run(n_starts=3)
+
+
+# --------------------------------------------------------------------------- stopping rule
+def test_window_rule_definition() -> None:
+    best = [10.0, 5.0, 4.0, 3.999, 3.9985]
+    assert window_stalled(best, 2, 1e-3)  # 4.0 -> 3.9985 over 2 iterations: 3.75e-4 relative
+    assert not window_stalled(best, 2, 1e-4)
+    assert not window_stalled(best, 3, 1e-3)  # 5.0 -> 3.9985 over 3 iterations
+    assert window_stalled(best[:4] + [3.999], 1, 0.0)  # no decrease at all
+    assert not window_stalled(best[:2], 2, 0.5)  # too short a history
+    assert not window_stalled(best, None, 1.0)  # disabled
+    assert not window_stalled([math.inf, 1.0, 1.0], 2, 1e-3)  # no finite reference yet
+    np.testing.assert_array_equal(best_per_iteration(np.array([[np.nan, 2.0], [np.inf, 1.0], [np.nan, np.nan]])),
+                                  [2.0, 1.0, np.inf])
+
+
+def test_window_rule_stops_when_the_best_stalls() -> None:
+    """Target off the manifold: the best objective converges to 0.09 while slow starts keep going."""
+    torch.manual_seed(1)
+    atlas = two_circles_atlas()
+    objective = dist2_to([0.2, 0.0])
+    kw = {"max_iter": 300, "ftol": 0.0, "gtol": 0.0, "max_step": 0.05}  # short steps: far starts take long
+    full = RiemannianDescent(atlas, objective, stop_window=None, **kw).run(n_starts=8)
+    torch.manual_seed(1)
+    rule = RiemannianDescent(atlas, objective, stop_window=5, stop_rtol=1e-6, **kw).run(n_starts=8)
+    assert rule.stop_reason == "window" and rule.n_iter < full.n_iter / 2
+    best = rule.best_objective
+    assert best.shape == (rule.n_iter + 1,) and np.all(np.diff(best) <= 0)
+    assert best[-6] - best[-1] <= 1e-6 * best[-6]  # the rule held when it stopped ...
+    assert best[-7] - best[-2] > 1e-6 * best[-7]  # ... and not one iteration earlier
+    assert rule.objective == pytest.approx(full.objective, rel=1e-5)
+    assert rule.objective == pytest.approx(0.09, rel=1e-5)
+    # the same iterations as the uninterrupted run up to the stop
+    np.testing.assert_allclose(full.history.objective[: rule.n_iter + 1], rule.history.objective)
+
+
+def test_stop_reason_converged_and_bad_window() -> None:
+    torch.manual_seed(3)
+    res = RiemannianDescent(circle_atlas(), dist2_to([2.0, 1.0]), max_iter=500, ftol=1e-9).run(n_starts=2)
+    assert res.stop_reason in ("converged", "window") and res.n_iter < 500
+    with pytest.raises(ValueError, match="stop_window"):
+        RiemannianDescent(circle_atlas(), dist2_to([0.0, 0.0]), stop_window=0)
+    with pytest.raises(ValueError, match="stop_rtol"):
+        RiemannianDescent(circle_atlas(), dist2_to([0.0, 0.0]), stop_rtol=-1.0)

@@ -52,37 +52,7 @@ def test_image_phantom_maps_to_sigma_range(tmp_path):
     assert np.isnan(s[0, 0])  # corner outside the tank
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--electrodes", "1"], "n_electrodes"),
-        (["--contact-impedance", "-1"], "contact_impedance"),
-        (["--phantom", "image"], "--phantom-image"),
-        (["--phantom", "image", "--phantom-image", "nope.npy"], "not found"),
-        (["--sigma-background", "nan"], "background"),
-        (["--injection", "diagonal"], "unknown injection"),
-        (["--mesh", "missing.msh"], "missing.msh"),
-        (["--phantom", "blob"], "unknown phantom"),
-        (["--noise", "abc"], "Invalid value for '--noise'"),
-        (["--no-such-option"], "No such option"),
-    ],
-)
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, args, message):
-    import subprocess
-    import sys
-
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "out.npz"
-    proc = subprocess.run(
-        [sys.executable, "-c", "from eit_manifold.cli import main; main()", "simulate", "--mesh-size", "0.2",
-         "--out", str(out), *args] if "--mesh" not in args else
-        [sys.executable, "-c", "from eit_manifold.cli import main; main()", "simulate", "--out", str(out), *args],
-        capture_output=True, text=True,
-    )
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1  # one line, no usage box
-    assert list(tmp_path.iterdir()) == []
+# Bad options and files of simulate (one line, exit 2, nothing written): tests/test_bad_inputs.py.
 
 
 def test_reading_bad_files(tmp_path):

@@ -93,6 +93,22 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, calibrate_every: int) -> 
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full_history]
 
 
+def test_time_boxed_run_saves_the_atlas_it_has_and_resumes(tmp_path) -> None:
+    job = _small_job()
+    full = run_train(job, tmp_path / "full", progress=False, plots=False)
+    boxed = run_train(job, tmp_path / "boxed", stop_after=3, save_partial=True, progress=False, plots=False)
+    assert not boxed["finished"] and boxed["stopped_after"] == 3 and "evaluation" in boxed
+    checkpoint = torch.load(tmp_path / "boxed" / "checkpoint.pt", weights_only=False)
+    saved = load_atlas(tmp_path / "boxed").state_dict()
+    for key, value in checkpoint["atlas"].items():
+        assert torch.equal(saved[key], value), key  # the atlas is the state at the stop
+    resumed = run_train(job, tmp_path / "boxed", resume=True, progress=False, plots=False)
+    assert resumed["finished"] and "stopped_after" not in resumed
+    a, b = load_atlas(tmp_path / "full").state_dict(), load_atlas(tmp_path / "boxed").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert full["finished"]
+
+
 def test_resume_rejects_other_config_and_corrupt_checkpoint(tmp_path) -> None:
     job = _small_job()
     run_train(job, tmp_path, stop_after=1, progress=False, plots=False)

@@ -9,10 +9,18 @@ Gauss-Newton steps on the linearised problem (Jacobian from adjoint solves):
   reconstruction of pyEIT and EIDORS, more steps iterate it.
 * ``tv``: total variation, each linearised step solved by lagged diffusivity.
 
-Noise model: ``std_pm = max(eta, 1e-3) * rms(d_p)``, the file's relative noise level per pattern.
-Regularisation weight (the only parameter) by the **discrepancy principle** on the first
-linearised step: the largest weight on a logarithmic grid whose linearised residual is at most
-``tau * sqrt(m)`` (``tau = 1.2``, m data); iterations stop when the residual reaches it.
+Noise model: ``std_pm = max(eta, 1e-3) * rms(d_p)``, the file's relative noise level per pattern
+(floored: below 0.1 % the coarse reconstruction mesh's model error dominates). Regularisation
+weight (the only parameter, in these whitened units): **a fixed weight per noise level, chosen on
+validation phantoms** disjoint from every test phantom (held-out ``balls`` indices 200-203 at 0.1
+% and 1 %, noise seeds of their own, half-decade grid; ``scripts/choose_eit_weights.py``): the
+grid weight with the smallest mean relative L2 error, :data:`VALIDATED_WEIGHTS`, log-log
+interpolated between the levels and constant beyond them (:func:`validated_weight`). The rule
+needs nothing from the image being reconstructed but its file's noise level, so it holds on every
+image and picks the same weight on reruns. (It replaced Morozov's discrepancy principle, which
+stopped at the homogeneous fit whenever that already explained the 1 % data — the constant image —
+and otherwise chose the largest weight of its grid.) Gauss-Newton steps are iterated until sigma
+changes by less than ``STEP_TOL``.
 Conductivities are kept in [sigma_min, sigma_max] (projected steps).
 """
 
@@ -29,11 +37,29 @@ from eit_manifold.baselines.eit_linear import (
     tv_solve,
 )
 from eit_manifold.operators.eit import CEMForwardModel
-from eit_manifold.operators.eit.data_file import relative_noise_std
+from eit_manifold.operators.noise import RelativeNoise
 
+BASELINES = ("gauss-newton", "tv")
 GRID = 32
-TAU = 1.2
-WEIGHTS = np.logspace(-8, 2, 21)
+NOISE_FLOOR = 1e-3  # relative noise std assumed at least (the coarse mesh's model error is of this order)
+STEP_TOL = 1e-3
+#: Regularisation weights (whitened units) per method and noise level, chosen on validation phantoms
+#: disjoint from every test phantom by ``scripts/choose_eit_weights.py`` (docs/baselines.md).
+#: Half-decade grid 1-3162; validation errors of every grid weight in docs/figures/eit_weights.json.
+VALIDATED_WEIGHTS: dict[str, dict[float, float]] = {
+    "gauss-newton": {0.001: 31.6228, 0.01: 10.0},
+    "tv": {0.001: 10.0, 0.01: 10.0},
+}
+
+
+def validated_weight(method: str, noise_level: float) -> float:
+    """The validated weight of ``method`` at ``noise_level``: log-log interpolation in the table
+    :data:`VALIDATED_WEIGHTS`, constant beyond its ends (levels below :data:`NOISE_FLOOR` count as it)."""
+    table = VALIDATED_WEIGHTS[method]
+    levels = np.array(sorted(table))
+    values = np.array([table[level] for level in levels])
+    eta = max(float(noise_level), NOISE_FLOOR)
+    return float(np.exp(np.interp(np.log(eta), np.log(levels), np.log(values))))
 
 
 def homogeneous_fit(model: CEMForwardModel, data: np.ndarray, start: float = 1.0, steps: int = 8) -> float:
@@ -49,19 +75,23 @@ def homogeneous_fit(model: CEMForwardModel, data: np.ndarray, start: float = 1.0
     return float(np.exp(s))
 
 
-def _discrepancy_weight(solve, jac: np.ndarray, r: np.ndarray, std: np.ndarray) -> float:
-    """Largest weight whose linearised whitened residual is within TAU * sqrt(m)."""
-    target = TAU * np.sqrt(r.size)
-    for w in WEIGHTS[::-1]:
-        dx = solve(w)
-        if np.linalg.norm((jac @ dx - r) / std) <= target:
-            return float(w)
-    return float(WEIGHTS[0])
-
-
 def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: float,
-                         iterations: int | None = None) -> tuple[np.ndarray, dict]:
+                         iterations: int | None = None, weight: float | None = None) -> tuple[np.ndarray, dict]:
     """Gauss-Newton or TV reconstruction of an :class:`~eit_manifold.pipelines.reconstruct.EITProblem`.
+
+    Parameters
+    ----------
+    problem : EITProblem
+        Data (with its noise level) and operator.
+    method : {"gauss-newton", "tv"}
+    sigma_min, sigma_max : float
+        Box constraint of the conductivity.
+    iterations : int, optional
+        Gauss-Newton steps (default 10); the iteration also stops when a step changes sigma by less
+        than ``STEP_TOL`` (relative).
+    weight : float, optional
+        Regularisation weight (whitened units); default :func:`validated_weight` at the file's
+        noise level.
 
     Returns
     -------
@@ -70,38 +100,37 @@ def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: floa
     details : dict
         sigma0, regularisation weight, iterations, whitened residual per iteration.
     """
+    if method not in BASELINES:
+        raise ValueError(f"unknown baseline {method!r}: choose gauss-newton or tv")
     model: CEMForwardModel = problem.operator.model
     data = problem.data.measurements
-    std = relative_noise_std(data, max(problem.data.noise_level, 1e-3)).ravel()  # the file's noise model
+    std = RelativeNoise(max(problem.data.noise_level, NOISE_FLOOR)).std(data).ravel()  # the file's noise model
     iterations = 10 if iterations is None else int(iterations)
+    weight = validated_weight(method, problem.data.noise_level) if weight is None else float(weight)
     basis = pixel_basis(model, GRID)
     sigma0 = homogeneous_fit(model, data)
     x = np.full(basis.size, sigma0)
-    weight, residuals = None, []
+    residuals = []
     if method == "gauss-newton":
         L = smoothness_prior_factor(basis.centres, corr_length=model.tank.radius / 4, std=1.0)
-    elif method == "tv":
-        G = grid_gradient(basis)
     else:
-        raise ValueError(f"unknown baseline {method!r}: choose gauss-newton or tv")
-
-    def solve(w: float, J: np.ndarray, rhs: np.ndarray, start: np.ndarray) -> np.ndarray:
-        """Minimiser (relative to sigma0) of the linearised regularised functional with weight w."""
-        if method == "gauss-newton":
-            return tikhonov_solve(J, rhs, std, np.sqrt(w) * L)
-        return tv_solve(J, rhs, std, G, lam=w, cell_area=basis.pixel_size**2, beta=1e-2, x0=start, max_iter=15)[0]
-
+        G = grid_gradient(basis)
     for _ in range(max(1, iterations)):
         res = model.solve(basis.matrix @ x)
         r = (data - res.measurements).ravel()
         residuals.append(float(np.linalg.norm(r / std)))
-        if residuals[-1] <= TAU * np.sqrt(r.size):
-            break
         J = jacobian_in_basis(model, res, basis.matrix)
         rhs = r + J @ (x - sigma0)  # the functional is regularised around sigma0, not around x
-        if weight is None:
-            weight = _discrepancy_weight(lambda w, J=J, rhs=rhs, s=x - sigma0: solve(w, J, rhs, s), J, rhs, std)
-        x = np.clip(sigma0 + solve(weight, J, rhs, x - sigma0), sigma_min, sigma_max)
+        if method == "gauss-newton":
+            dx = tikhonov_solve(J, rhs, std, np.sqrt(weight) * L)
+        else:
+            dx = tv_solve(J, rhs, std, G, lam=weight, cell_area=basis.pixel_size**2, beta=1e-2, x0=x - sigma0,
+                          max_iter=15)[0]
+        x_new = np.clip(sigma0 + dx, sigma_min, sigma_max)
+        change = np.linalg.norm(x_new - x) / np.linalg.norm(x_new)
+        x = x_new
+        if change < STEP_TOL:
+            break
     coarse = basis.to_image(x, fill=sigma0)
     H, W = problem.operator.image_shape
     factor = H // GRID
@@ -115,3 +144,40 @@ def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = (np.arange(shape[0]) + 0.5) * image.shape[0] / shape[0]
     cols = (np.arange(shape[1]) + 0.5) * image.shape[1] / shape[1]
     return image[np.floor(rows).astype(int)][:, np.floor(cols).astype(int)]
+
+
+def choose_weight(problems: list, method: str, grid: np.ndarray, sigma_min: float = 0.2, sigma_max: float = 1.8,
+                  iterations: int | None = None, progress: bool = False) -> tuple[float, np.ndarray]:
+    """The weight of ``grid`` with the smallest mean relative L2 error on validation ``problems``.
+
+    Parameters
+    ----------
+    problems : list of EITProblem
+        Simulated validation problems with a known truth (never the test phantoms).
+    method : {"gauss-newton", "tv"}
+    grid : array
+        Candidate weights.
+
+    Returns
+    -------
+    weight, errors
+        The chosen weight (ties: the larger) and the ``(n_problems, n_weights)`` errors.
+    """
+    from tqdm import tqdm
+
+    grid = np.asarray(grid, dtype=float)
+    if any(p.truth is None for p in problems) or not problems or grid.size == 0:
+        raise ValueError("choose_weight needs at least one problem with a known truth and one weight")
+    errors = np.empty((len(problems), grid.size))
+    bar = tqdm(total=errors.size, desc=f"weights {method}", disable=not progress)
+    for i, problem in enumerate(problems):
+        inside = problem.inside
+        for j, w in enumerate(grid):
+            image, _ = reconstruct_baseline(problem, method, sigma_min, sigma_max, iterations, weight=float(w))
+            truth = problem.truth[inside]
+            errors[i, j] = np.linalg.norm(image[inside] - truth) / np.linalg.norm(truth)
+            bar.update()
+    bar.close()
+    mean = errors.mean(axis=0)
+    best = np.flatnonzero(mean <= mean.min() * (1 + 1e-12))[-1]
+    return float(grid[best]), errors

@@ -27,6 +27,7 @@ _one_blas_thread_per_mpi_process()
 from eit_manifold.cli import deblur as _deblur  # noqa: E402,F401
 from eit_manifold.cli import demo as _demo  # noqa: E402,F401
 from eit_manifold.cli import ktc as _ktc  # noqa: E402,F401
+from eit_manifold.cli import posterior as _posterior  # noqa: E402,F401
 
 # Importing the command modules registers their commands on ``app``.
 from eit_manifold.cli import reconstruct as _reconstruct  # noqa: E402,F401

@@ -19,6 +19,9 @@ def deblur_command(
     starts: int = typer.Option(8, help="Prior samples per atlas reconstruction."),
     max_iter: int = typer.Option(60, help="Iteration limit of the Riemannian descent."),
     retraction: str = typer.Option("projection", help="Retraction: projection or chart."),
+    n_val: int = typer.Option(
+        20, help="Validation bars (training split) that choose the Tikhonov and TV parameters."
+    ),
     out: Path = typer.Option(Path("results/deblur"), help="Output directory."),
 ) -> None:
     """Deblur held-out bar images on the learned atlas and with classical baselines."""
@@ -26,8 +29,11 @@ def deblur_command(
 
     cfg = DeblurConfig(
         atlas=atlas, atlas_k1=atlas_k1, noise=noise, n=n, seed=seed, n_starts=starts,
-        max_iter=max_iter, retraction=retraction,
+        max_iter=max_iter, retraction=retraction, n_val=n_val,
     )
     results = run_deblur(cfg, out)
     typer.echo(markdown_table(results["methods"], cfg))
-    typer.echo(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'reconstructions.png'}")
+    typer.echo(
+        f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'reconstructions.png'}, "
+        f"{out / 'out_of_family.png'}"
+    )

@@ -56,14 +56,13 @@ def ktc_score_command(
     reconstruction: Path = typer.Argument(..., help="Segmentation .npy (256x256, values 0/1/2)."),
 ) -> None:
     """Print the KTC2023 score of a segmentation (1 is perfect) and its two class scores."""
-    import numpy as np
-
+    from eit_manifold.io import load_npy
     from eit_manifold.ktc.data import read_truth
-    from eit_manifold.ktc.score import class_scores
+    from eit_manifold.ktc.score import check_segmentation, class_scores
 
-    if not reconstruction.is_file():
-        raise FileNotFoundError(f"reconstruction file not found: {reconstruction}")
-    scores = class_scores(read_truth(truth), np.load(reconstruction, allow_pickle=False))
+    truth_image = read_truth(truth)
+    segmentation = check_segmentation(f"segmentation {reconstruction}", load_npy(reconstruction, "segmentation"))
+    scores = class_scores(truth_image, segmentation)
     typer.echo(f"score {0.5 * (scores[1] + scores[2]):.4f} (resistive {scores[1]:.4f}, conductive {scores[2]:.4f})")
 
 
@@ -94,23 +93,24 @@ def ktc_train_command(
 
     from eit_manifold.pipelines.ktc import parse_levels
     from eit_manifold.pipelines.ktc_segmenter import SegmenterRunConfig, train_ktc_segmenter
+    from eit_manifold.validation import check_int
 
-    if threads < 1:
-        raise typer.BadParameter(f"--threads must be >= 1, got {threads}")
+    check_int("--threads", threads, 1, 1024)
     try:
         levels = parse_levels(level)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    torch.set_num_threads(threads)
     options = {}
     if prior_scales is not None:
         try:
             options["prior_scales"] = tuple(float(s) for s in prior_scales.split(","))
         except ValueError:
             raise typer.BadParameter(f"--prior-scales must be comma-separated numbers, got {prior_scales!r}") from None
-    summary = train_ktc_segmenter(SegmenterRunConfig(
-        data_dir=str(data_dir), out=str(out), levels=levels, grid=grid, n_train=n_train, n_val=n_val, epochs=epochs,
-        width=width, lr=lr, seed=seed, init=None if init == "none" else init, **options))
+    config = SegmenterRunConfig(data_dir=str(data_dir), out=str(out), levels=levels, grid=grid, n_train=n_train,
+                                n_val=n_val, epochs=epochs, width=width, lr=lr, seed=seed,
+                                init=None if init == "none" else init, **options)
+    torch.set_num_threads(threads)
+    summary = train_ktc_segmenter(config)
     for v, scores in summary["validation"].items():
         typer.echo(f"level {v}: validation score (simulated, {n_val} phantoms): learned "
                    f"{scores['learned']['mean']:.3f}, linear + Otsu {scores['linear']['mean']:.3f}")

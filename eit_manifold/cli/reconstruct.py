@@ -18,7 +18,9 @@ def reconstruct_command(
         False, "--batch", help="Several files: split them across MPI processes (each on its own mesh copy)."
     ),
     out: Path = typer.Option(Path("reconstruction"), help="Output directory."),
-    method: str = typer.Option("atlas", help="atlas (Riemannian descent on a learned atlas), gauss-newton or tv."),
+    method: str = typer.Option(
+        "atlas", help="atlas (Riemannian descent on a learned atlas), gauss-newton, tv, or constant (best "
+        "homogeneous fit)."),
     atlas: str = typer.Option("balls", help="Bundled atlas name (balls, balls-k1, ...) or an atlas directory."),
     starts: int = typer.Option(8, help="Multi-start: prior samples the atlas descent starts from."),
     iterations: int = typer.Option(None, help="Iteration limit (default: 60 descent steps, 10 Gauss-Newton steps)."),

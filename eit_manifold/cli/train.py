@@ -12,7 +12,7 @@ from eit_manifold.cli._app import app
 @app.command("train")
 def train(
     dataset: str = typer.Option(
-        ..., help="two-circles, ring, sphere, torus, swiss-roll, bars, balls, ktc"
+        ..., help="two-circles, ring, sphere, torus, swiss-roll, bars, balls, balls-signed, balls-mixed, ktc"
     ),
     out: Path = typer.Option(..., help="output directory (atlas, checkpoint, figures)"),
     charts: int = typer.Option(None, help="number of charts K (default: per dataset)"),
@@ -32,6 +32,9 @@ def train(
     checkpoint_every: int = typer.Option(None, help="checkpoint period in epochs"),
     seed: int = typer.Option(0, help="random seed (initialisation and training)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
+    stop_after: int = typer.Option(
+        None, help="time-boxed run: stop after this many epochs of the schedule (counted from the start) and "
+        "save the atlas as it is (train.json: stopped_after); --resume continues"),
     threads: int = typer.Option(1, help="torch CPU threads"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
@@ -39,8 +42,9 @@ def train(
     import torch
 
     from eit_manifold.pipelines.train import default_job, run_train
+    from eit_manifold.validation import check_int
 
-    torch.set_num_threads(threads)
+    check_int("--threads", threads, 1, 1024)
     job = default_job(
         dataset,
         charts=charts,
@@ -60,10 +64,17 @@ def train(
         checkpoint_every=checkpoint_every,
         seed=seed,
     )
-    summary = run_train(job, out, resume=resume, progress=progress)
+    if stop_after is not None and not 1 <= stop_after <= job.train.epochs:
+        raise ValueError(f"--stop-after must be in [1, {job.train.epochs}] (the epochs), got {stop_after}")
+    torch.set_num_threads(threads)
+    summary = run_train(job, out, resume=resume, progress=progress, stop_after=stop_after,
+                        save_partial=stop_after is not None)
     minutes = summary["train_seconds"] / 60
+    stopped = ""
+    if "stopped_after" in summary:
+        stopped = f" (stopped after epoch {summary['stopped_after']} of {job.train.epochs})"
     typer.echo(
-        f"trained {job.dataset} K={job.charts} d={job.latent_dim} in {minutes:.1f} min -> {out}"
+        f"trained {job.dataset} K={job.charts} d={job.latent_dim} in {minutes:.1f} min{stopped} -> {out}"
     )
     for key, value in summary.get("evaluation", {}).items():
         typer.echo(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
@@ -77,12 +88,19 @@ def atlas_plot(
     seed: int = typer.Option(0, help="sampling seed"),
 ) -> None:
     """Plot an atlas: points coloured by chart (toys) or sample grids per chart (images)."""
+    from eit_manifold.data import check_dataset
+    from eit_manifold.io import check_output_file
     from eit_manifold.manifold import bundled_atlases, load_atlas
     from eit_manifold.plotting import plot_atlas
+    from eit_manifold.validation import check_seed
 
+    check_seed("--seed", seed)
+    if dataset is not None:
+        check_dataset(dataset)
     model = load_atlas(atlas)
     if out is None:
         out = Path(f"{atlas}.png") if atlas in bundled_atlases() else Path(atlas) / "atlas.png"
+    check_output_file(out, "--out")
     dataset = dataset or (model.meta.get("dataset") if model.image_shape is None else None)
     plot_atlas(model, out, dataset=dataset, seed=seed)
     typer.echo(f"wrote {out}")

@@ -2,16 +2,30 @@
 (``ktc``: in ``[-1, 1]``).
 
 ``bars`` (d = 1)
-    A centred rectangle of length :data:`BAR_LENGTH` and width :data:`BAR_WIDTH`, rotated by an
-    angle ``theta`` uniform in ``[0, pi)``, value ``BAR_BACKGROUND + BAR_CONTRAST = 0.75`` on the
-    background ``BAR_BACKGROUND = 0.5``. The image only depends on ``theta`` modulo ``pi``; compare
+    The paper's bars: a rectangle centred in the image, 50 x 10 px at 128 x 128 (25 x 5 px at
+    64 x 64: every length scales with the image, so :data:`BAR_LENGTH` and :data:`BAR_WIDTH` are
+    fractions of the side ``2``), rotated by an angle ``theta`` uniform in ``[0, pi)``, value
+    ``BAR_BACKGROUND + BAR_CONTRAST = 0.75`` on the background ``BAR_BACKGROUND = 0.5``. The image
+    only depends on ``theta`` modulo ``pi``; compare
     angles with :func:`eit_manifold.metrics.angle_error` (re-exported here). Parameters: ``{"angle": theta}``.
-``balls`` (d = 6)
-    Two disjoint disks inside the unit disk on the background ``BALL_BACKGROUND = 0.5``: a
-    conductive one of value ``0.9`` and a resistive one of value ``0.1`` (with the EIT map
-    ``sigma = 0.2 + 1.6 x``: background 1.0, disks 1.64 and 0.36). Radii are uniform in
-    ``[0.15, 0.35]``, centres uniform in the disk of radius ``0.9 - r``, disks at least 0.05
-    apart (rejection). Parameters: ``{"centres": (2, 2), "radii": (2,)}``.
+``balls`` (d = 6), the paper's family (Alberti et al. 2024, section 6)
+    Two disjoint *conductive* disks on the background ``BALL_BACKGROUND = 127/255``, both of value
+    ``BALL_VALUE = 207/255`` (with the EIT map ``sigma = 0.2 + 1.6 x``: background 0.997, disks
+    1.499). The paper's lengths are pixels of a 128x128 image centred at (64, 64); here they are in
+    units of the half-width (64 px = 1), so every size draws the same family (at 64x64 every length
+    in pixels is halved). Radii uniform in ``BALL_RADII = [12, 25] px``, centres at a polar offset of
+    radius uniform in ``[0, BALL_OFFSET = 45 px]`` and uniform angle from the image centre; a disk is
+    redrawn while offset + radius >= ``BALL_EXTENT = 62 px`` or while it comes within
+    ``BALL_GAP = 6 px`` of the disk drawn before it. Parameters:
+    ``{"centres": (2, 2), "radii": (2,), "values": (2,)}``.
+``balls-signed`` (d = 6), the package's first family
+    Two disjoint disks on the background ``0.5``: a conductive one of value ``0.9`` and a resistive
+    one of value ``0.1`` (sigma 1.64 and 0.36). Radii uniform in ``[0.15, 0.35]``, centres uniform in
+    the disk of radius ``0.9 - r``, disks at least 0.05 apart (rejection). Same parameters.
+``balls-mixed`` (d = 8), for phantoms that are not the paper's
+    The paper's geometry; each disk conductive or resistive with probability 1/2, contrast
+    ``|value - BALL_BACKGROUND|`` uniform in ``MIXED_CONTRAST = [0.15, 0.45]`` (sigma from about 0.28
+    to 1.72). Same parameters.
 ``ktc`` (d = :data:`KTC_LATENT_DIM`, chosen from held-out projection errors; the family itself has
     no fixed dimension)
     KTC2023-like targets on the background ``0``: 1 to 3 disjoint targets, each a disk or a convex
@@ -39,13 +53,23 @@ from eit_manifold.metrics import angle_error as angle_error  # re-export (modulo
 
 BAR_BACKGROUND = 0.5
 BAR_CONTRAST = 0.25
-BAR_LENGTH = 1.2
-BAR_WIDTH = 0.3
-BALL_BACKGROUND = 0.5
-BALL_VALUES = (0.9, 0.1)
-BALL_RADII = (0.15, 0.35)
-BALL_MARGIN = 0.1
-BALL_GAP = 0.05
+BAR_PAPER_SIZE = 128  # the paper's image side, in pixels
+BAR_LENGTH = 2 * 50 / BAR_PAPER_SIZE  # 50 px of 128, in units of the square [-1, 1]^2
+BAR_WIDTH = 2 * 10 / BAR_PAPER_SIZE  # 10 px of 128
+BALL_BACKGROUND = 127 / 255  # the paper's grey levels (8-bit images)
+BALL_VALUE = 207 / 255
+_PAPER_PX = 64.0  # the paper's 128x128 images: 64 px = half-width = 1
+BALL_RADII = (12 / _PAPER_PX, 25 / _PAPER_PX)
+BALL_OFFSET = 45 / _PAPER_PX
+BALL_EXTENT = 62 / _PAPER_PX
+BALL_GAP = 6 / _PAPER_PX
+SIGNED_BACKGROUND = 0.5
+SIGNED_VALUES = (0.9, 0.1)
+SIGNED_RADII = (0.15, 0.35)
+SIGNED_MARGIN = 0.1
+SIGNED_GAP = 0.05
+MIXED_CONTRAST = (0.15, 0.45)
+BALL_FAMILIES = ("balls", "balls-signed", "balls-mixed")
 KTC_RADII = (0.15, 0.38)  # enclosing-circle radius, in units of the tank radius
 KTC_MARGIN = 0.08  # targets stay inside the disk of radius 1 - KTC_MARGIN
 KTC_GAP = 0.06
@@ -53,8 +77,8 @@ KTC_MAX_TARGETS = 3
 KTC_LATENT_DIM = 32
 TEST_OFFSET = 2**40
 PER_SEED = 10**6
-IMAGE_DATASETS = ("bars", "balls", "ktc")
-IMAGE_LATENT_DIMS = {"bars": 1, "balls": 6, "ktc": KTC_LATENT_DIM}
+IMAGE_DATASETS = ("bars", *BALL_FAMILIES, "ktc")
+IMAGE_LATENT_DIMS = {"bars": 1, "balls": 6, "balls-signed": 6, "balls-mixed": 8, "ktc": KTC_LATENT_DIM}
 
 
 def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,23 +97,40 @@ def _ramp(signed_distance: np.ndarray, size: int) -> np.ndarray:
     return np.clip(0.5 + signed_distance / h, 0.0, 1.0)
 
 
-def render_bar(angle: float, size: int = 64) -> np.ndarray:
-    """The bar image for ``angle`` (radians), float32 ``(size, size)``."""
+def rectangle_coverage(
+    angle: float, length: float, width: float, size: int, centre: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
+    """Coverage in ``[0, 1]`` of a rotated rectangle (lengths and centre in units of ``[-1, 1]^2``).
+
+    The long side (``length``) points along ``(cos angle, sin angle)``; edges are anti-aliased.
+    """
     x, y = pixel_grid(size)
+    x, y = x - centre[0], y - centre[1]
     u = x * np.cos(angle) + y * np.sin(angle)
     v = -x * np.sin(angle) + y * np.cos(angle)
-    inside = _ramp(BAR_LENGTH / 2 - np.abs(u), size) * _ramp(BAR_WIDTH / 2 - np.abs(v), size)
+    return _ramp(length / 2 - np.abs(u), size) * _ramp(width / 2 - np.abs(v), size)
+
+
+def render_bar(angle: float, size: int = 64) -> np.ndarray:
+    """The paper's bar image for ``angle`` (radians), float32 ``(size, size)``."""
+    inside = rectangle_coverage(angle, BAR_LENGTH, BAR_WIDTH, size)
     return (BAR_BACKGROUND + BAR_CONTRAST * inside).astype(np.float32)
 
 
-def render_balls(centres: np.ndarray, radii: np.ndarray, size: int = 64) -> np.ndarray:
-    """Two-disk image, float32 ``(size, size)``; disk ``j`` has value ``BALL_VALUES[j]``."""
+def render_balls(centres: np.ndarray, radii: np.ndarray, values: np.ndarray, background: float,
+                 size: int = 64) -> np.ndarray:
+    """Disjoint disks on a constant background, float32 ``(size, size)``; disk ``j`` has ``values[j]``."""
     x, y = pixel_grid(size)
-    img = np.full((size, size), BALL_BACKGROUND)
-    for (cx, cy), r, value in zip(centres, radii, BALL_VALUES, strict=True):
+    img = np.full((size, size), float(background))
+    for (cx, cy), r, value in zip(centres, radii, values, strict=True):
         cover = _ramp(r - np.hypot(x - cx, y - cy), size)
-        img = img + (value - BALL_BACKGROUND) * cover
+        img = img + (value - background) * cover
     return img.astype(np.float32)
+
+
+def ball_background(name: str) -> float:
+    """Background value of the ball family ``name``."""
+    return SIGNED_BACKGROUND if name == "balls-signed" else BALL_BACKGROUND
 
 
 def _polygon_distance(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
@@ -167,14 +208,49 @@ def disjoint_disks(rng: np.random.Generator, n: int, radii_range: tuple[float, f
             return centres, radii
 
 
+def paper_disks(rng: np.random.Generator, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` disks drawn as in the paper: centres ``(n, 2)``, radii ``(n,)`` in half-width units.
+
+    Disk ``j`` is drawn (radius uniform in :data:`BALL_RADII`, centre at an offset uniform in
+    ``[0, BALL_OFFSET]`` from the image centre, uniform angle) and redrawn until it lies inside the
+    circle of radius :data:`BALL_EXTENT` and at least :data:`BALL_GAP` from every disk before it.
+    """
+    centres: list[np.ndarray] = []
+    radii: list[float] = []
+    while len(radii) < n:
+        r = rng.uniform(*BALL_RADII)
+        rho, phi = rng.uniform(0.0, BALL_OFFSET), rng.uniform(0.0, 2 * np.pi)
+        c = np.array([rho * np.cos(phi), rho * np.sin(phi)])
+        if rho + r >= BALL_EXTENT:
+            continue
+        if any(np.linalg.norm(c - c0) < r + r0 + BALL_GAP for c0, r0 in zip(centres, radii, strict=True)):
+            continue
+        centres.append(c)
+        radii.append(r)
+    return np.array(centres), np.array(radii)
+
+
 def _ball_params(rng: np.random.Generator) -> dict:
-    centres, radii = disjoint_disks(rng, 2, BALL_RADII, BALL_MARGIN, BALL_GAP)
-    return {"centres": centres, "radii": radii}
+    centres, radii = paper_disks(rng)
+    return {"centres": centres, "radii": radii, "values": np.full(2, BALL_VALUE)}
+
+
+def _signed_ball_params(rng: np.random.Generator) -> dict:
+    centres, radii = disjoint_disks(rng, 2, SIGNED_RADII, SIGNED_MARGIN, SIGNED_GAP)
+    return {"centres": centres, "radii": radii, "values": np.array(SIGNED_VALUES)}
+
+
+def _mixed_ball_params(rng: np.random.Generator) -> dict:
+    centres, radii = paper_disks(rng)
+    values = BALL_BACKGROUND + rng.choice([-1.0, 1.0], 2) * rng.uniform(*MIXED_CONTRAST, 2)
+    return {"centres": centres, "radii": radii, "values": values}
 
 
 _PARAMS: dict[str, Callable[[np.random.Generator], dict]] = {
     "bars": _bar_params,
     "balls": _ball_params,
+    "balls-signed": _signed_ball_params,
+    "balls-mixed": _mixed_ball_params,
     "ktc": _ktc_params,
 }
 
@@ -183,8 +259,9 @@ def render(name: str, params: dict, size: int = 64) -> np.ndarray:
     """Render an image of family ``name`` from its parameters."""
     if name == "bars":
         return render_bar(params["angle"], size)
-    if name == "balls":
-        return render_balls(np.asarray(params["centres"]), np.asarray(params["radii"]), size)
+    if name in BALL_FAMILIES:
+        return render_balls(np.asarray(params["centres"]), np.asarray(params["radii"]),
+                            np.asarray(params["values"]), ball_background(name), size)
     if name == "ktc":
         return render_ktc(params, size)
     raise ValueError(f"unknown image family {name!r}; choose from {list(IMAGE_DATASETS)}")

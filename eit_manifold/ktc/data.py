@@ -25,6 +25,7 @@ import scipy.io
 
 from eit_manifold.operators.eit.data_file import MeasurementData
 from eit_manifold.operators.eit.geometry import Tank
+from eit_manifold.validation import InputError, check_input_file, numeric_array
 
 RADIUS = 0.115  # m
 N_ELECTRODES = 32
@@ -87,13 +88,11 @@ def removed_electrodes(level: int) -> np.ndarray:
 
 
 def _load_mat(path: str | Path) -> dict[str, np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"KTC file not found: {path}")
+    path = check_input_file(path, "KTC file")
     try:
         return {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
     except Exception as exc:  # scipy raises assorted errors for non-MAT input
-        raise ValueError(f"cannot read {path} as a MATLAB file: {exc}") from exc
+        raise InputError(f"cannot read {path} as a MATLAB file: {' '.join(str(exc).split())}") from exc
 
 
 def _require(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: str | Path) -> None:
@@ -106,10 +105,7 @@ def _require(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: str | P
 
 
 def _check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...], path: str | Path) -> np.ndarray:
-    arr = np.asarray(arr, dtype=float)
-    if arr.shape != shape:
-        raise ValueError(f"{path}: '{name}' must have shape {shape}, got {arr.shape}")
-    return arr
+    return numeric_array(arr, f"{path}: '{name}'", shape=shape)
 
 
 def read_raw(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,14 +130,14 @@ def read_raw(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     _require(arrays, keys, path)
     inj = _check_shape(keys[0], arrays[keys[0]], (N_ELECTRODES, N_PATTERNS), path)
     mpat = _check_shape("Mpat", arrays["Mpat"], (N_ELECTRODES, N_MEASUREMENTS), path)
-    uel = np.asarray(arrays[keys[2]], dtype=float)
+    uel = numeric_array(arrays[keys[2]], f"{path}: '{keys[2]}'", finite=False)  # NaN: removed by the file
+    if np.any(np.isinf(uel)):
+        raise InputError(f"{path}: '{keys[2]}' contains infinite values")
     if uel.size != N_PATTERNS * N_MEASUREMENTS:
         raise ValueError(
             f"{path}: '{keys[2]}' must hold {N_PATTERNS}x{N_MEASUREMENTS} = {N_PATTERNS * N_MEASUREMENTS} values, "
             f"got shape {uel.shape}"
         )
-    if not np.all(np.isfinite(inj)) or not np.all(np.isfinite(mpat)):
-        raise ValueError(f"{path}: '{keys[0]}' and 'Mpat' must be finite")
     return inj.T.copy(), mpat.T.copy(), uel.reshape(N_PATTERNS, N_MEASUREMENTS)
 
 
@@ -219,9 +215,7 @@ def read_truth(path: str | Path) -> np.ndarray:
     """Read a ground truth ``trueK.mat``: a (256, 256) integer array with values in {0, 1, 2}."""
     arrays = _load_mat(path)
     _require(arrays, ("truth",), path)
-    truth = np.asarray(arrays["truth"])
-    if truth.shape != IMAGE_SHAPE:
-        raise ValueError(f"{path}: 'truth' must have shape {IMAGE_SHAPE}, got {truth.shape}")
+    truth = numeric_array(arrays["truth"], f"{path}: 'truth'", shape=IMAGE_SHAPE)
     bad = np.setdiff1d(np.unique(truth), [0, 1, 2])
     if bad.size:
         raise ValueError(f"{path}: 'truth' must hold only 0, 1, 2, found {bad.tolist()}")

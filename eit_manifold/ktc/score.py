@@ -75,16 +75,14 @@ def mask_ssim(truth: np.ndarray, reco: np.ndarray) -> float:
 
 
 def check_segmentation(name: str, image: np.ndarray) -> np.ndarray:
-    """``image`` as a 256 x 256 segmentation (classes 0/1/2 only), else ``ValueError`` naming ``name``."""
-    arr = np.asarray(image)
-    if arr.shape != IMAGE_SHAPE:
-        raise ValueError(f"{name} must have shape {IMAGE_SHAPE}, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values")
+    """``image`` as a 256 x 256 uint8 segmentation (classes 0/1/2 only), else ``ValueError`` naming ``name``."""
+    from eit_manifold.validation import numeric_array
+
+    arr = numeric_array(image, name, shape=IMAGE_SHAPE)  # real numbers of the right shape
     bad = np.setdiff1d(np.unique(arr), [0, 1, 2])
     if bad.size:
         raise ValueError(f"{name} must hold only the classes 0, 1, 2, found {bad.tolist()[:5]}")
-    return arr
+    return arr.astype(np.uint8)
 
 
 def class_scores(truth: np.ndarray, reco: np.ndarray) -> dict[int, float]:

@@ -44,6 +44,7 @@ SEGMENTER_FORMAT = "eit-manifold-ktc-segmenter/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "segmenter.pt"
 N_CLASSES = 3
+MAX_WIDTH, MAX_SIZE, MAX_CHANNELS = 256, 1024, 64  # architecture bounds (a 256-wide net has ~0.5e9 weights)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -68,10 +69,14 @@ class SegmenterNet(nn.Module):
 
     def __init__(self, width: int = 16, size: int = 64, channels: int = 1):
         super().__init__()
-        if width < 1 or size < 8 or size % 8 or channels < 1:
-            raise ValueError(f"need width >= 1, size a positive multiple of 8 and channels >= 1, got width={width}, "
-                             f"size={size}, channels={channels}")
-        self.width, self.size, self.channels = int(width), int(size), int(channels)
+        from eit_manifold.validation import check_int
+
+        # bounded before any allocation (a config.json may say anything)
+        width, size, channels = (check_int("width", width, 1, MAX_WIDTH), check_int("size", size, 8, MAX_SIZE),
+                                 check_int("channels", channels, 1, MAX_CHANNELS))
+        if size % 8:
+            raise ValueError(f"size must be a multiple of 8, got {size}")
+        self.width, self.size, self.channels = width, size, channels
         w = self.width
         self.encoders = nn.ModuleList([_block(self.channels + 2, w), _block(w, 2 * w), _block(2 * w, 4 * w)])
         self.bottleneck = _block(4 * w, 8 * w)
@@ -114,8 +119,16 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self}")
+        from eit_manifold.validation import MAX_SEED, check_float, check_int
+
+        check_int("--epochs", self.epochs, 1, 10**6)
+        check_int("batch_size", self.batch_size, 1, 10**6)
+        check_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        check_int("--width", self.width, 1, MAX_WIDTH)
+        check_int("size", self.size, 8, MAX_SIZE)
+        if self.size % 8:
+            raise ValueError(f"size must be a multiple of 8, got {self.size}")
+        check_int("--seed", self.seed, 0, MAX_SEED)
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -202,6 +215,24 @@ def initialise_from(net: SegmenterNet, state: dict) -> None:
     net.load_state_dict(own)
 
 
+def check_checkpoint(path: str | os.PathLike, config: TrainConfig, n: int, provenance: dict | None = None) -> dict:
+    """Read a segmenter training checkpoint and check that it belongs to this run (settings, number
+    of training pairs and, when given, first the provenance: data, simulation, seeds); cheap, so it runs
+    before any simulation. ``ValueError`` naming the first differences."""
+    path = Path(path)
+    state = load_training_checkpoint(path)
+    if provenance is not None:
+        saved = state.get("provenance") or {}
+        diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in provenance.items() if saved.get(k) != v]
+        if diffs:
+            raise ValueError(f"checkpoint {path} was written by another run ({'; '.join(diffs[:3])}); remove it or "
+                             "choose another --out")
+    if state.get("config") != asdict(config) or state.get("n") != n:
+        raise ValueError(f"checkpoint {path} was written with other settings ({state.get('config')}, "
+                         f"n={state.get('n')}); remove it to start afresh")
+    return state
+
+
 def train_segmenter(
     inputs: np.ndarray | BatchSource,
     labels: np.ndarray,
@@ -210,6 +241,7 @@ def train_segmenter(
     progress: bool = True,
     init: dict | None = None,
     device: str | None = None,
+    provenance: dict | None = None,
 ) -> tuple[SegmenterNet, list[float]]:
     """Train a :class:`SegmenterNet` on (reconstruction, classes) pairs.
 
@@ -229,6 +261,9 @@ def train_segmenter(
         State dict of a trained network to start from (:func:`initialise_from`).
     device : str, optional
         Torch device; default ``cuda`` when available, else ``cpu``.
+    provenance : dict, optional
+        What identifies the run beyond ``config`` (data, simulation, seeds): stored in the
+        checkpoint and required to match when resuming.
 
     Returns
     -------
@@ -260,10 +295,7 @@ def train_segmenter(
     history: list[float] = []
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        state = load_training_checkpoint(ckpt)
-        if state.get("config") != asdict(config) or state.get("n") != len(source):
-            raise ValueError(f"checkpoint {ckpt} was written with other settings ({state.get('config')}, "
-                             f"n={state.get('n')}); remove it to start afresh")
+        state = check_checkpoint(ckpt, config, len(source), provenance)
         validate_state_dict(net, state["model"], str(ckpt))
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -290,7 +322,8 @@ def train_segmenter(
         history.append(total / len(order))
         bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
         if ckpt is not None:
-            save_training_checkpoint(ckpt, {"config": asdict(config), "n": len(source), "model": net.state_dict(),
+            save_training_checkpoint(ckpt, {"provenance": provenance, "config": asdict(config), "n": len(source),
+                                            "model": net.state_dict(),
                                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                             "history": history})
     bar.close()
@@ -458,7 +491,7 @@ def load_segmenter(directory: str | os.PathLike) -> tuple[SegmenterNet, dict]:
     if not isinstance(config, dict) or config.get("format") != SEGMENTER_FORMAT:
         raise ValueError(f"{config_path} is not a KTC segmenter ({SEGMENTER_FORMAT})")
     try:
-        net = SegmenterNet(int(config["width"]), int(config["size"]), int(config.get("channels", 1)))
+        net = SegmenterNet(config["width"], config["size"], config.get("channels", 1))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{config_path}: bad architecture entry: {exc}") from exc
     if not weights.is_file():

@@ -33,8 +33,13 @@ class Atlas(nn.Module):
 
     def __init__(self, cfg: ChartConfig, n_charts: int, meta: dict | None = None) -> None:
         super().__init__()
-        if n_charts < 1:
-            raise ValueError(f"n_charts must be >= 1, got {n_charts}")
+        from eit_manifold.manifold.chart import MAX_ATLAS_PARAMETERS, estimated_parameters
+        from eit_manifold.validation import check_int
+
+        n_charts = check_int("n_charts", n_charts, 1, 256)
+        if estimated_parameters(cfg, n_charts) > MAX_ATLAS_PARAMETERS:
+            raise ValueError(f"an atlas of {n_charts} charts with {cfg} would have about "
+                             f"{estimated_parameters(cfg, n_charts):.3g} parameters (limit {MAX_ATLAS_PARAMETERS:.0e})")
         self.cfg = cfg
         self.meta = dict(meta or {})
         self.charts = nn.ModuleList(Chart(cfg) for _ in range(n_charts))

@@ -27,6 +27,24 @@ from eit_manifold.manifold.invertible import (
     OrthogonalMixing,
 )
 
+#: Bounds of the architecture sizes (checked before any allocation: a config.json with
+#: ``hidden = 1e7`` must be an error, not an attempt to allocate hundreds of TB).
+SIZE_BOUNDS = {"blocks": (1, 64), "hidden": (1, 4096), "conv_blocks": (1, 16), "conv_hidden": (1, 1024),
+               "levels": (0, 6), "flow_blocks": (0, 32)}
+MAX_POINT_DIM = 4096
+MAX_IMAGE_SIDE = 512
+#: Largest parameter count of an atlas (about 2 GB of float32), estimated from the config.
+MAX_ATLAS_PARAMETERS = 500_000_000
+
+
+def estimated_parameters(cfg: ChartConfig, n_charts: int) -> int:
+    """An upper estimate of an atlas's parameter count from its sizes (no allocation)."""
+    m = cfg.coarse_dim if cfg.is_image else cfg.data_shape[0]
+    dense = cfg.blocks * (3 * cfg.hidden * (m + cfg.hidden) + m * m)
+    conv = cfg.conv_blocks * max(cfg.levels, 1) * 18 * cfg.conv_hidden ** 2 if cfg.is_image else 0
+    flow = cfg.flow_blocks * 3 * 64 * (cfg.latent_dim + 64)
+    return n_charts * (dense + conv + flow)
+
 
 @dataclass
 class ChartConfig:
@@ -76,10 +94,18 @@ class ChartConfig:
     prior_tail: float = 0.05
 
     def __post_init__(self) -> None:
-        self.data_shape = tuple(int(s) for s in self.data_shape)
+        from eit_manifold.validation import check_float, check_int
+
+        if not isinstance(self.data_shape, list | tuple) or len(self.data_shape) not in (1, 2):
+            raise ValueError(f"data_shape must be (n,) or (H, W), got {self.data_shape!r}")
+        limit = MAX_POINT_DIM if len(self.data_shape) == 1 else MAX_IMAGE_SIDE
+        self.data_shape = tuple(check_int("data_shape", s, 1, limit) for s in self.data_shape)
         n = math.prod(self.data_shape)
-        if len(self.data_shape) not in (1, 2):
-            raise ValueError(f"data_shape must be (n,) or (H, W), got {self.data_shape}")
+        self.latent_dim = check_int("latent_dim", self.latent_dim)
+        for name, (lo, hi) in SIZE_BOUNDS.items():
+            setattr(self, name, check_int(name, getattr(self, name), lo, hi))
+        for name in ("sigma_hd", "sigma_ld", "prior_flat", "prior_tail", "clamp"):
+            setattr(self, name, check_float(name, getattr(self, name)))
         if not 1 <= self.latent_dim < n:
             raise ValueError(f"latent_dim must be in [1, {n - 1}], got {self.latent_dim}")
         if self.is_image:

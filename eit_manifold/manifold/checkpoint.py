@@ -107,11 +107,12 @@ def atlas_from_config(config: dict, source: str) -> Atlas:
         fmt = config.get("format") if isinstance(config, dict) else None
         raise ValueError(f"{source}: not an atlas config (format {fmt!r}, expected {ATLAS_FORMAT!r})")
     try:
+        if not isinstance(config["chart"], dict):
+            raise TypeError(f"'chart' must be an object, got {config['chart']!r}")
         cfg = ChartConfig.from_dict(config["chart"])
-        n_charts = int(config["n_charts"])
-    except (KeyError, TypeError) as exc:
+        return Atlas(cfg, config["n_charts"], meta=config.get("meta"))
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{source}: invalid atlas config: {exc}") from exc
-    return Atlas(cfg, n_charts, meta=config.get("meta"))
 
 
 def _bundled_root() -> Path:

@@ -105,14 +105,18 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from eit_manifold.validation import MAX_SEED, check_float, check_int
+
         for name in ("epochs", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("pretrain_epochs", "lipschitz_epochs", "overlap_epochs", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            setattr(self, name, check_int(name, getattr(self, name), 1, 10**6))
+        for name in ("pretrain_epochs", "lipschitz_epochs", "overlap_epochs", "calibrate_every"):
+            setattr(self, name, check_int(name, getattr(self, name), 0, 10**6))
+        self.seed = check_int("seed", self.seed, 0, MAX_SEED)
+        # Adam's step is about lr per parameter: above 1 every weight jumps by more than its scale
+        self.lr = check_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        self.lr_final = check_float("lr_final", self.lr_final, 0.0, 1.0, lo_open=True)
+        for name in ("lipschitz_weight", "lipschitz_delta", "overlap_edge", "overlap_margin", "grad_clip"):
+            setattr(self, name, check_float(name, getattr(self, name), 0.0))
 
     def phase(self, epoch: int) -> str:
         """``"seed"``, ``"mixture"`` or ``"overlap"`` for a 0-based epoch."""
@@ -268,9 +272,11 @@ def _epoch_loss(
 
 
 def _checkpoint_state(
-    atlas: Atlas, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: TrainConfig, st: TrainState
+    atlas: Atlas, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: TrainConfig, st: TrainState,
+    provenance: dict | None = None,
 ) -> dict:
     return {
+        "provenance": provenance,
         "config": asdict(cfg),
         "epoch": st.epoch,
         "history": st.history,
@@ -281,10 +287,36 @@ def _checkpoint_state(
     }
 
 
-def _restore(
-    path: Path, atlas: Atlas, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: TrainConfig
-) -> TrainState:
+class TrainingDiverged(ValueError):
+    """The loss became non-finite (a user error in practice: too large a learning rate)."""
+
+
+def check_resumable(path: Path, cfg: TrainConfig, provenance: dict | None) -> dict:
+    """Read checkpoint ``path`` and check that it belongs to this run: same training config and, when
+    given, the same provenance (dataset, sizes, seeds, architecture, format). Cheap: run before the
+    training data are built. ``ValueError`` naming the first differences."""
     state = load_training_checkpoint(path)
+    if provenance is not None:
+        saved = state.get("provenance")
+        if saved is None:
+            raise ValueError(f"cannot resume from {path}: it does not record which run wrote it (an older "
+                             "checkpoint); start afresh in a new --out")
+        diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in provenance.items() if saved.get(k) != v]
+        if diffs:
+            raise ValueError(f"cannot resume from {path}: it was written by another run ({'; '.join(diffs[:3])})")
+    saved = state.get("config", {})
+    diffs = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
+    if diffs:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+        raise ValueError(f"cannot resume from {path}: training config differs ({detail})")
+    return state
+
+
+def _restore(
+    path: Path, atlas: Atlas, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: TrainConfig,
+    provenance: dict | None = None,
+) -> TrainState:
+    state = check_resumable(path, cfg, provenance)
     saved = state.get("config", {})
     diffs = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
     if diffs:
@@ -310,6 +342,7 @@ def train_atlas(
     stop_after: int | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    provenance: dict | None = None,
 ) -> list[dict]:
     """Train ``atlas`` on ``data`` in place and return the per-epoch history.
 
@@ -331,6 +364,9 @@ def train_atlas(
         Show a tqdm progress bar with the loss.
     on_epoch : callable, optional
         Called with each epoch's history record.
+    provenance : dict, optional
+        What identifies the run beyond ``cfg`` (dataset, sizes, seeds, architecture): stored in every
+        checkpoint and required to match on ``resume``.
 
     Returns
     -------
@@ -347,7 +383,7 @@ def train_atlas(
     if resume:
         if ckpt is None or not ckpt.is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt}")
-        st = _restore(ckpt, atlas, opt, gen, cfg)
+        st = _restore(ckpt, atlas, opt, gen, cfg, provenance)
     _, assign = seed_neighbourhoods(data, atlas.n_charts)
     if st.epoch == 0 and cfg.pretrain_epochs > 0:
         atlas.set_weights(torch.bincount(assign, minlength=atlas.n_charts).float())
@@ -374,7 +410,8 @@ def train_atlas(
             idx = order[start : start + cfg.batch_size]
             loss, beta = _epoch_loss(atlas, data[idx], assign[idx], cfg, epoch, gen)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}: {loss.item()}")
+                raise TrainingDiverged(f"training diverged: non-finite loss at epoch {epoch + 1} "
+                                       f"({loss.item()}); try a smaller --lr (now {cfg.lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(atlas.parameters(), cfg.grad_clip)
@@ -397,7 +434,7 @@ def train_atlas(
         if on_epoch is not None:
             on_epoch(record)
         if ckpt is not None and (st.epoch % cfg.checkpoint_every == 0 or st.epoch == last):
-            save_training_checkpoint(ckpt, _checkpoint_state(atlas, opt, gen, cfg, st))
+            save_training_checkpoint(ckpt, _checkpoint_state(atlas, opt, gen, cfg, st, provenance))
     bar.close()
     atlas.eval()
     return st.history

@@ -33,6 +33,7 @@ class MultiStartResult:
 
     result: DescentResult
     n_warm: int
+    descent: RiemannianDescent | None = None
 
     @property
     def best_is_warm(self) -> bool:
@@ -49,6 +50,8 @@ def multistart_descent(
     max_iter: int = 30,
     ftol: float = 1e-4,
     max_step: float = 5.0,
+    stop_window: int | None = 10,
+    stop_rtol: float = 1e-3,
     progress: bool = False,
 ) -> MultiStartResult:
     """Minimise ``objective`` over ``atlas`` from prior samples and projected warm starts.
@@ -67,6 +70,8 @@ def multistart_descent(
         Seed of the prior samples.
     max_iter, ftol, max_step : int, float, float
         Descent settings (:class:`RiemannianDescent`, first step ``"auto"``).
+    stop_window, stop_rtol : int or None, float
+        The descent's stopping rule on the best objective (:class:`RiemannianDescent`; ``None``: off).
     progress : bool
         Show the descent's progress bar.
 
@@ -76,7 +81,8 @@ def multistart_descent(
     """
     if int(prior_starts) != prior_starts or prior_starts < 0:
         raise ValueError(f"prior_starts must be a non-negative integer, got {prior_starts!r}")
-    descent = RiemannianDescent(atlas, objective, max_iter=max_iter, max_step=max_step, step_init="auto", ftol=ftol)
+    descent = RiemannianDescent(atlas, objective, max_iter=max_iter, max_step=max_step, step_init="auto", ftol=ftol,
+                                stop_window=stop_window, stop_rtol=stop_rtol)
     w, charts = descent.initial_points(max(prior_starts, 1), torch.Generator().manual_seed(seed))
     x0 = descent.decode_points(w, charts)[:prior_starts]
     charts = charts[:prior_starts]
@@ -88,4 +94,4 @@ def multistart_descent(
         n_warm = len(x_warm)
     if len(x0) == 0:
         raise ValueError("the descent needs at least one start (prior_starts >= 1 or warm images)")
-    return MultiStartResult(descent.run(x0=x0, chart0=charts, progress=progress), n_warm)
+    return MultiStartResult(descent.run(x0=x0, chart0=charts, progress=progress), n_warm, descent)

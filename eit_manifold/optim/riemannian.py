@@ -20,6 +20,13 @@ iterate stays in its chart. Iterates never leave the chart images, so they stay 
 
 The objective is any torch-differentiable function of the data; the optimiser knows no operator.
 Several starts (samples of the chart priors) run as one batch; the best final objective is kept.
+
+**Stopping.** A start stops when its own decrease is below ``ftol`` (relative) or its Riemannian
+gradient below ``gtol``; the whole run stops when every start has stopped, after ``max_iter``
+iterations, or (the *window rule*, on by default) when the best objective over all starts
+``b_t = min_i F_i(t)`` has decreased by less than ``stop_rtol`` (relative) over the last
+``stop_window`` iterations: ``b_{t-W} - b_t <= stop_rtol * |b_{t-W}|``. The best objective is what
+is returned, so once it stalls further iterations only polish starts that are not the best.
 """
 
 from __future__ import annotations
@@ -103,6 +110,9 @@ class DescentResult:
         ``(B,)`` True for starts that met a tolerance (or could not decrease further).
     history : DescentHistory
         Objective, chart and step per iteration.
+    stop_reason : str
+        ``"window"`` (the best objective stalled), ``"converged"`` (every start stopped) or
+        ``"max_iter"``.
     """
 
     x: Tensor
@@ -116,11 +126,35 @@ class DescentResult:
     objective_all: np.ndarray
     converged: np.ndarray
     history: DescentHistory = field(repr=False)
+    stop_reason: str = "max_iter"
 
     @property
     def n_iter(self) -> int:
         """Number of iterations run."""
         return int(self.history.step.shape[0])
+
+    @property
+    def best_objective(self) -> np.ndarray:
+        """``(T + 1,)`` best objective over the starts after each iteration (row 0: the starts)."""
+        return best_per_iteration(self.history.objective)
+
+
+def best_per_iteration(objective: np.ndarray) -> np.ndarray:
+    """Minimum over the starts (columns) of each row, ignoring non-finite values (inf if none)."""
+    finite = np.where(np.isfinite(objective), objective, np.inf)
+    return finite.min(axis=1)
+
+
+def window_stalled(best: Sequence[float], window: int | None, rtol: float) -> bool:
+    """The window rule: ``best[-1 - window] - best[-1] <= rtol * |best[-1 - window]|``.
+
+    ``False`` while fewer than ``window + 1`` values exist, when ``window`` is ``None``, or while
+    the reference value is not finite.
+    """
+    if window is None or len(best) <= window:
+        return False
+    ref, now = float(best[-1 - window]), float(best[-1])
+    return math.isfinite(ref) and ref - now <= rtol * abs(ref)
 
 
 @dataclass
@@ -152,6 +186,11 @@ class RiemannianDescent:
         ``ftol * max(|F|, 1e-30)``.
     gtol : float
         Stop a start when the squared Riemannian gradient norm ``<g, v>`` is below ``gtol``.
+    stop_window : int or None
+        Window ``W`` of the run's stopping rule on the best objective (see the module docstring);
+        ``None`` disables it.
+    stop_rtol : float
+        Relative decrease of the best objective over the window below which the run stops.
     step_init : float or "auto"
         First trial step ``tau``; later iterations start from ``growth`` times the last accepted.
         ``"auto"`` makes the first trial scale-free: ``tau = F / <g, v>``, the step at which the
@@ -188,6 +227,8 @@ class RiemannianDescent:
         max_iter: int = 100,
         ftol: float = 1e-9,
         gtol: float = 1e-14,
+        stop_window: int | None = 10,
+        stop_rtol: float = 1e-3,
         step_init: float | str = 1.0,
         max_step: float | None = None,
         growth: float = 2.0,
@@ -207,6 +248,10 @@ class RiemannianDescent:
         for name, value in (("ftol", ftol), ("gtol", gtol), ("eps", eps)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be non-negative and finite, got {value!r}")
+        if stop_window is not None and (int(stop_window) != stop_window or stop_window < 1):
+            raise ValueError(f"stop_window must be a positive integer or None, got {stop_window!r}")
+        if not (math.isfinite(stop_rtol) and stop_rtol >= 0):
+            raise ValueError(f"stop_rtol must be non-negative and finite, got {stop_rtol!r}")
         if step_init != "auto" and not (isinstance(step_init, int | float) and math.isfinite(step_init)
                                         and step_init > 0):
             raise ValueError(f"step_init must be positive or 'auto', got {step_init!r}")
@@ -228,6 +273,8 @@ class RiemannianDescent:
         self.max_iter = int(max_iter)
         self.ftol = float(ftol)
         self.gtol = float(gtol)
+        self.stop_window = None if stop_window is None else int(stop_window)
+        self.stop_rtol = float(stop_rtol)
         self.step_init = float("nan") if step_init == "auto" else float(step_init)  # NaN: set on first use
         self.max_step = max_step
         self.growth = float(growth)
@@ -482,8 +529,14 @@ class RiemannianDescent:
         objs, charts, steps, sw = [st.f.numpy().copy()], [st.chart.numpy().copy()], [], []
         iterates = [st.x.reshape(b, -1).double().numpy().copy()] if self.record_iterates else None
         bar = tqdm(total=self.max_iter, desc="descent", disable=not progress, leave=False)
+        best = [float(best_per_iteration(objs[0][None])[0])]
+        reason = "max_iter"
         for _ in range(self.max_iter):
             if not st.active.any():
+                reason = "converged"
+                break
+            if window_stalled(best, self.stop_window, self.stop_rtol):
+                reason = "window"
                 break
             bar.update()
             bar.set_postfix(best=f"{float(st.f.min()):.3g}", active=int(st.active.sum()))
@@ -493,8 +546,14 @@ class RiemannianDescent:
             charts.append(st.chart.numpy().copy())
             steps.append(step.numpy())
             sw.append(switched.numpy())
+            best.append(float(best_per_iteration(objs[-1][None])[0]))
             if iterates is not None:
                 iterates.append(st.x.reshape(b, -1).double().numpy().copy())
+        else:
+            if not st.active.any():
+                reason = "converged"
+            elif window_stalled(best, self.stop_window, self.stop_rtol):
+                reason = "window"
         bar.close()
         history = DescentHistory(
             objective=np.stack(objs),
@@ -518,4 +577,5 @@ class RiemannianDescent:
             objective_all=st.f.numpy().copy(),
             converged=(~st.active).numpy().copy(),
             history=history,
+            stop_reason=reason,
         )

@@ -1,17 +1,21 @@
 """The deblurring experiment (DESIGN section 5): atlas K=2 vs K=1 vs Tikhonov vs TV on bars.
 
-For ``n`` held-out bar images (test split, dataset seed ``seed``) at the atlas' resolution the data
-are ``y = k * (x - b) + b + eta N(0, I)`` with the paper's kernel (40 x 40, std 15 px at
-128 x 128) scaled to the image size. Methods:
+For ``n`` held-out bars of the paper (test split, dataset seed ``seed``) at the atlas' resolution
+the data are ``y = k * (x - b) + b + eta N(0, I)`` with the paper's kernel (40 x 40, std 15 px at
+128 x 128) scaled to the image size and the operator's noise model (std ``eta = 0.1``). The same
+is done for :data:`OUT_OF_FAMILY` images (rectangles no bar image is: a long thin bar, an
+off-centre bar, a cross, a square, a dark bar). Methods:
 
-* ``atlas-K2`` / ``atlas-K1``: Riemannian descent of ``F(x) = 0.5 ||A(x) - y||^2`` on the learned
+* ``atlas K=2`` / ``atlas K=1``: Riemannian descent of ``F(x) = 0.5 ||A(x) - y||^2`` on the learned
   atlas (multi-start from prior samples, best final misfit kept) -- no regularisation parameter;
-* ``tikhonov`` and ``tv``: :mod:`eit_manifold.baselines.image` with the discrepancy principle.
+* ``Tikhonov`` and ``TV``: :mod:`eit_manifold.baselines.image`, each with one parameter chosen on
+  a validation split of training bars (:func:`~eit_manifold.baselines.image.select_parameter`);
+* ``constant``: the background ``b`` everywhere, the trivial estimate every method must beat.
 
 Metrics per image: PSNR (data range = the true image's range, i.e. the bar contrast), SSIM,
-relative L2 error, relative data misfit and the bar-angle error modulo pi, where the angle of every
-reconstruction is estimated the same way (:func:`bar_angle`, principal axis of the positive
-contrast).
+relative L2 error, relative data misfit and, for the bars, the bar-angle error modulo pi, where
+the angle of every reconstruction is estimated the same way (:func:`bar_angle`, principal axis of
+the positive contrast).
 """
 
 from __future__ import annotations
@@ -27,14 +31,30 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from eit_manifold.baselines.image import tikhonov_deblur, tv_deblur
-from eit_manifold.data.images import BAR_BACKGROUND, BAR_CONTRAST, make_images, pixel_grid
-from eit_manifold.io import write_bytes_atomic, write_json
+from eit_manifold.baselines.image import (
+    N_VALIDATION,
+    ParameterChoice,
+    select_parameter,
+    tikhonov_deblur,
+    tv_deblur,
+)
+from eit_manifold.data.images import (
+    BAR_BACKGROUND,
+    BAR_CONTRAST,
+    BAR_LENGTH,
+    BAR_WIDTH,
+    make_images,
+    pixel_grid,
+    rectangle_coverage,
+)
+from eit_manifold.io import check_output_dir, staged_dir, write_bytes_atomic, write_json
 from eit_manifold.manifold import load_atlas
 from eit_manifold.metrics import angle_error, psnr, relative_data_misfit, relative_l2, ssim
 from eit_manifold.operators.blur import GaussianBlur
 from eit_manifold.optim import RiemannianDescent
+from eit_manifold.optim.riemannian import RETRACTIONS
 from eit_manifold.seeding import seed_everything
+from eit_manifold.validation import check_choice, check_float, check_int
 
 METRICS = ("psnr", "ssim", "rel_error", "angle_error_deg", "data_misfit")
 METRIC_LABELS = {
@@ -70,6 +90,8 @@ class DeblurConfig:
         ``"projection"`` or ``"chart"``.
     n_figure : int
         Images shown in the figure grid.
+    n_val : int
+        Validation bars (training split) that choose the baselines' parameters.
     """
 
     atlas: str = "bars"
@@ -81,18 +103,48 @@ class DeblurConfig:
     max_iter: int = 60
     retraction: str = "projection"
     n_figure: int = 6
+    n_val: int = N_VALIDATION
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise) and self.noise > 0):
-            raise ValueError(f"noise must be positive, got {self.noise!r}")
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n!r}")
-        if not 0 <= self.seed < 1000:
-            raise ValueError(f"seed must be in [0, 1000), got {self.seed!r}")
-        if self.n_starts < 1:
-            raise ValueError(f"n_starts must be >= 1, got {self.n_starts!r}")
+        check_float("--noise", self.noise, 0.0, 10.0, lo_open=True)
+        check_int("--n", self.n, 1, 10_000)
+        check_int("--seed", self.seed, 0, 999)
+        check_int("--starts", self.n_starts, 1, 1000)
+        check_int("--max-iter", self.max_iter, 0, 100_000)
+        check_choice("--retraction", self.retraction, RETRACTIONS)
+        check_int("n_figure", self.n_figure, 0, 1000)
+        check_int("--n-val", self.n_val, 1, 10_000)
         if self.atlas_k1 is None:
             self.atlas_k1 = f"{self.atlas}-k1"
+
+
+#: Out-of-family test images: (name, [(angle, length, width, centre, contrast), ...]) in units of
+#: ``[-1, 1]^2`` (the paper's bar is ``BAR_LENGTH x BAR_WIDTH`` = 50 x 10 px of 128).
+OUT_OF_FAMILY: dict[str, list[tuple[float, float, float, tuple[float, float], float]]] = {
+    "long thin bar": [(0.7, 2 * 80 / 128, 2 * 6 / 128, (0.0, 0.0), BAR_CONTRAST)],
+    "off-centre bar": [(2.0, BAR_LENGTH, BAR_WIDTH, (0.25, -0.15), BAR_CONTRAST)],
+    "cross": [(0.3, BAR_LENGTH, BAR_WIDTH, (0.0, 0.0), BAR_CONTRAST),
+              (0.3 + math.pi / 2, BAR_LENGTH, BAR_WIDTH, (0.0, 0.0), BAR_CONTRAST)],
+    "square": [(0.0, 2 * 24 / 128, 2 * 24 / 128, (-0.1, 0.1), BAR_CONTRAST)],
+    "dark bar": [(1.0, BAR_LENGTH, BAR_WIDTH, (0.0, 0.0), -BAR_CONTRAST)],
+}
+OUT_OF_FAMILY_NOISE_OFFSET = 104729  # noise seed offset, apart from the test images' noise
+
+
+def out_of_family_images(size: int) -> Tensor:
+    """The :data:`OUT_OF_FAMILY` images, float64 ``(len(OUT_OF_FAMILY), size, size)``.
+
+    Overlapping rectangles (the cross) take the largest contrast, not the sum, so every image
+    keeps the bars' two values.
+    """
+    out = []
+    for parts in OUT_OF_FAMILY.values():
+        img = np.zeros((size, size))
+        for angle, length, width, centre, contrast in parts:
+            cover = contrast * rectangle_coverage(angle, length, width, size, centre)
+            img = np.where(np.abs(cover) > np.abs(img), cover, img)
+        out.append(BAR_BACKGROUND + img)
+    return torch.from_numpy(np.stack(out))
 
 
 def bar_angle(images: Tensor | np.ndarray, background: float = BAR_BACKGROUND) -> np.ndarray:
@@ -154,45 +206,104 @@ def reconstruct_atlas(
 
 
 def evaluate(
-    x_hat: Tensor, x_true: Tensor, y: Tensor, op: GaussianBlur, angles: np.ndarray
+    x_hat: Tensor, x_true: Tensor, y: Tensor, op: GaussianBlur, angles: np.ndarray | None = None
 ) -> dict:
-    """Per-image metrics of reconstructions ``x_hat`` ``(N, H, W)``."""
+    """Per-image metrics of reconstructions ``x_hat`` ``(N, H, W)`` (bar angles when given)."""
     x_hat = x_hat.to(torch.float64)
-    return {
+    out = {
         "psnr": psnr(x_hat, x_true, batch=True),
         "ssim": ssim(x_hat, x_true, batch=True),
         "rel_error": relative_l2(x_hat, x_true, batch=True),
-        "angle_error_deg": np.degrees(angle_error(bar_angle(x_hat), angles)),
         "data_misfit": relative_data_misfit(op(x_hat), y, batch=True),
     }
+    if angles is not None:
+        out["angle_error_deg"] = np.degrees(angle_error(bar_angle(x_hat), angles))
+    return out
 
 
 def summarise(values: dict[str, np.ndarray]) -> dict:
-    """Mean, standard deviation and per-image values of each metric."""
+    """Mean, standard deviation, range and per-image values of each metric."""
     return {
-        k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": np.asarray(v).tolist()}
+        k: {
+            "mean": float(np.mean(v)),
+            "std": float(np.std(v)),
+            "min": float(np.min(v)),
+            "max": float(np.max(v)),
+            "values": np.asarray(v).tolist(),
+        }
         for k, v in values.items()
     }
 
 
-def markdown_table(methods: dict[str, dict], cfg: DeblurConfig) -> str:
-    """The results table (mean +- std over the images) as markdown."""
-    cols = ("psnr", "ssim", "rel_error", "angle_error_deg")
+def beats_constant(methods: dict[str, dict]) -> dict[str, int]:
+    """Per method, on how many images its PSNR is above the constant image's."""
+    ref = np.asarray(methods["constant"]["psnr"]["values"])
+    return {
+        name: int(np.sum(np.asarray(m["psnr"]["values"]) > ref))
+        for name, m in methods.items()
+        if name != "constant"
+    }
+
+
+def markdown_table(methods: dict[str, dict], cfg: DeblurConfig, title: str | None = None) -> str:
+    """The results table (mean +- std, PSNR range and wins over the constant image) as markdown."""
+    cols = [c for c in ("psnr", "ssim", "rel_error", "angle_error_deg")
+            if c in next(iter(methods.values()))]
+    n = len(next(iter(methods.values()))["psnr"]["values"])
+    wins = beats_constant(methods) if "constant" in methods else {}
+    title = title or (
+        f"Deblurring the paper's bars: {n} held-out images, noise std {cfg.noise:g} "
+        f"(contrast {BAR_CONTRAST:g}), seed {cfg.seed}"
+    )
     lines = [
-        f"# Deblurring bars: {cfg.n} held-out images, noise std {cfg.noise:g} "
-        f"(contrast {BAR_CONTRAST:g}), seed {cfg.seed}",
+        f"# {title}",
         "",
-        "| method | " + " | ".join(METRIC_LABELS[c] for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
+        "| method | " + " | ".join(METRIC_LABELS[c] for c in cols)
+        + " | PSNR min / max | PSNR > constant |",
+        "|---|" + "---|" * (len(cols) + 2),
     ]
     for name, m in methods.items():
         cells = [f"{m[c]['mean']:.3f} ± {m[c]['std']:.3f}" for c in cols]
+        cells.append(f"{m['psnr']['min']:.2f} / {m['psnr']['max']:.2f}")
+        cells.append(f"{wins[name]}/{n}" if name in wins else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def per_image_table(methods: dict[str, dict], names: list[str]) -> str:
+    """PSNR of every method on every named image, as markdown."""
+    header = "| image | " + " | ".join(methods) + " |"
+    lines = [header, "|---|" + "---|" * len(methods)]
+    for i, name in enumerate(names):
+        cells = [f"{m['psnr']['values'][i]:.2f}" for m in methods.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reconstruct_all(
+    y: Tensor, op: GaussianBlur, cfg: DeblurConfig, atlases: list[tuple[str, str]],
+    choices: dict[str, ParameterChoice], tag: str,
+) -> tuple[dict[str, Tensor], dict[str, object], dict[str, float]]:
+    """Every method on data ``y`` ``(N, H, W)``: reconstructions, details and seconds per method."""
+    recon: dict[str, Tensor] = {}
+    extra: dict[str, object] = {}
+    timing: dict[str, float] = {}
+    for label, name in tqdm(atlases, desc=f"atlases ({tag})"):
+        t0 = time.perf_counter()
+        recon[label], extra[label] = reconstruct_atlas(name, y, op, cfg, f"{label} ({tag})")
+        timing[label] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    recon["Tikhonov"] = tikhonov_deblur(y, op, choices["tikhonov"].value).x
+    timing["Tikhonov"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    recon["TV"] = tv_deblur(y, op, choices["tv"].value).x
+    timing["TV"] = time.perf_counter() - t0
+    recon["constant"] = torch.full_like(y, op.background)
+    return recon, extra, timing
+
+
 def run_deblur(cfg: DeblurConfig, out: str | Path) -> dict:
-    """Run the experiment and write ``results.json``, ``results.md`` and ``reconstructions.png``.
+    """Run the experiment and write ``results.json``, ``results.md`` and the figures.
 
     Parameters
     ----------
@@ -204,60 +315,83 @@ def run_deblur(cfg: DeblurConfig, out: str | Path) -> dict:
     Returns
     -------
     dict
-        The content of ``results.json``.
+        The content of ``results.json``: ``methods`` (bars) and ``out_of_family`` hold, per
+        method and metric, mean, std, min, max and the per-image values.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, "--out")
     seed_everything(cfg.seed)
     atlas_main = load_atlas(cfg.atlas)
     if atlas_main.image_shape is None:
         raise ValueError(f"atlas {cfg.atlas!r} is not an image atlas")
     size = atlas_main.image_shape[0]
+    if cfg.atlas_k1:
+        k1 = load_atlas(cfg.atlas_k1)  # checked now, not after the first atlas's reconstructions
+        if k1.image_shape is None or tuple(k1.image_shape) != tuple(atlas_main.image_shape):
+            raise ValueError(f"atlas {cfg.atlas_k1!r} makes images of shape {k1.image_shape}, {cfg.atlas!r} of "
+                             f"{atlas_main.image_shape}: they must agree")
+    with staged_dir(out) as stage:
+        return _run_deblur(cfg, atlas_main, size, stage)
+
+
+def _run_deblur(cfg: DeblurConfig, atlas_main, size: int, out: Path) -> dict:
+    op = GaussianBlur.paper(size, background=BAR_BACKGROUND, noise_std=cfg.noise)
+    t0 = time.perf_counter()
+    choices = {m: select_parameter(m, op, size, cfg.n_val, cfg.seed) for m in ("tikhonov", "tv")}
+    selection_seconds = time.perf_counter() - t0
+
     images, params = make_images("bars", cfg.n, split="test", seed=cfg.seed, size=size)
     x_true = torch.from_numpy(images).to(torch.float64)
     angles = np.array([p["angle"] for p in params])
-    op = GaussianBlur.paper(size, background=BAR_BACKGROUND, noise_std=cfg.noise)
     y = op.measure(x_true, torch.Generator().manual_seed(cfg.seed))
+    x_oof = out_of_family_images(size)
+    y_oof = op.measure(x_oof, torch.Generator().manual_seed(OUT_OF_FAMILY_NOISE_OFFSET + cfg.seed))
 
-    recon: dict[str, Tensor] = {}
-    extra: dict[str, object] = {}
-    timing: dict[str, float] = {}
     atlases = [(f"atlas K={atlas_main.n_charts}", cfg.atlas)]
     if cfg.atlas_k1:
         atlases.append(("atlas K=1", cfg.atlas_k1))
-    for label, name in tqdm(atlases, desc="atlases"):
-        t0 = time.perf_counter()
-        recon[label], extra[label] = reconstruct_atlas(name, y, op, cfg, label)
-        timing[label] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tik = tikhonov_deblur(y, op, cfg.noise)
-    timing["Tikhonov"] = time.perf_counter() - t0
-    recon["Tikhonov"], extra["Tikhonov"] = tik.x, {"alpha": tik.parameter.tolist()}
-    t0 = time.perf_counter()
-    tv = tv_deblur(y, op, cfg.noise)
-    timing["TV"] = time.perf_counter() - t0
-    recon["TV"], extra["TV"] = tv.x, {"lambda": tv.parameter.tolist()}
+    recon, extra, timing = reconstruct_all(y, op, cfg, atlases, choices, "bars")
+    recon_oof, extra_oof, _ = reconstruct_all(y_oof, op, cfg, atlases, choices, "out of family")
 
     methods = {k: summarise(evaluate(v, x_true, y, op, angles)) for k, v in recon.items()}
+    oof = {k: summarise(evaluate(v, x_oof, y_oof, op)) for k, v in recon_oof.items()}
     results = {
         "config": asdict(cfg),
         "image_size": size,
         "kernel": {"size": op.kernel_size, "std": op.std},
+        "noise_model": {"kind": "gaussian", "std": op.noise_model.sigma},
         "true_angles": angles.tolist(),
+        "parameters": {m: asdict(c) for m, c in choices.items()},
         "methods": methods,
-        "details": extra,
-        "seconds": timing,
+        "beats_constant": beats_constant(methods),
+        "out_of_family_names": list(OUT_OF_FAMILY),
+        "out_of_family": oof,
+        "out_of_family_beats_constant": beats_constant(oof),
+        "details": {"bars": extra, "out_of_family": extra_oof},
+        "seconds": {**timing, "parameter selection": selection_seconds},
     }
     write_json(out / "results.json", results)
-    write_bytes_atomic(out / "results.md", markdown_table(methods, cfg).encode())
+    text = (
+        markdown_table(methods, cfg)
+        + f"\nBaseline parameters (validation: {cfg.n_val} training bars, seed {cfg.seed}): "
+        + f"Tikhonov alpha = {choices['tikhonov'].value:.4g}, TV lambda = {choices['tv'].value:.4g}\n\n"
+        + markdown_table(oof, cfg, title=f"Out-of-family images, noise std {cfg.noise:g}")
+        + "\n"
+        + per_image_table(oof, list(OUT_OF_FAMILY))
+        + "\nPSNR [dB] per held-out bar (true angle):\n\n"
+        + per_image_table(methods, [f"bar {i} ({math.degrees(a):.0f} deg)" for i, a in enumerate(angles)])
+    )
+    write_bytes_atomic(out / "results.md", text.encode())
     from eit_manifold.plotting import reconstruction_grid
 
     k = min(cfg.n_figure, cfg.n)
-    columns = {"truth": x_true[:k], "data": y[:k], **{m: v[:k] for m, v in recon.items()}}
-    reconstruction_grid(
-        {name: v.detach().numpy() for name, v in columns.items()},
-        out / "reconstructions.png",
-        vmin=BAR_BACKGROUND - 0.1,
-        vmax=BAR_BACKGROUND + BAR_CONTRAST + 0.1,
-    )
+    vmin, vmax = BAR_BACKGROUND - BAR_CONTRAST - 0.1, BAR_BACKGROUND + BAR_CONTRAST + 0.1
+    for path, truth, data, rec, m in (
+        ("reconstructions.png", x_true, y, recon, k),
+        ("out_of_family.png", x_oof, y_oof, recon_oof, len(x_oof)),
+    ):
+        columns = {"truth": truth[:m], "data": data[:m], **{n: v[:m] for n, v in rec.items()}}
+        reconstruction_grid(
+            {name: v.detach().numpy() for name, v in columns.items()}, out / path,
+            vmin=vmin, vmax=vmax,
+        )
     return results

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from eit_manifold.io import save_npy_atomic, write_json
+from eit_manifold.io import check_output_dir, save_npy_atomic, staged_dir, write_bytes_atomic, write_json
 from eit_manifold.ktc.atlas_method import AtlasMethodConfig
 from eit_manifold.ktc.calibration_cache import cached_calibration
-from eit_manifold.ktc.data import LEVELS, check_level, read_ktc, read_truth, restrict_like
+from eit_manifold.ktc.data import LEVELS, KTCMeasurement, check_level, read_ktc, read_truth, restrict_like
 from eit_manifold.ktc.methods import (
+    BUNDLED_SEGMENTER,
     METHODS,
+    SEGMENTER_HINT,
     MethodOptions,
     ReconstructionContext,
     Resources,
@@ -38,6 +40,7 @@ from eit_manifold.ktc.methods import (
     sub_context,
 )
 from eit_manifold.ktc.score import class_scores
+from eit_manifold.validation import check_input_dir, check_int, check_seed
 
 DEFAULT_METHOD = "learned"
 
@@ -89,13 +92,13 @@ def parse_methods(text: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
-        raise ValueError(f"unknown method {(unknown or [text])[0]!r}: choose one of {', '.join(sorted(METHODS))}")
+        raise ValueError(f"--method: unknown method {(unknown or [text])[0]!r}; choose one of "
+                         f"{', '.join(sorted(METHODS))}")
     return names
 
 
 def _data_files(data_dir: Path) -> list[Path]:
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"KTC data directory not found: {data_dir}")
+    data_dir = check_input_dir(data_dir, "KTC data directory")
     files = sorted(data_dir.glob("data*.mat"), key=lambda p: (len(p.stem), p.stem))
     if not files:
         raise FileNotFoundError(f"no data*.mat files in {data_dir}")
@@ -104,8 +107,61 @@ def _data_files(data_dir: Path) -> list[Path]:
     return files
 
 
+MAX_GRID = 256
+
+
+def check_ktc(config: KTCConfig) -> tuple[KTCMeasurement, dict[int, list[tuple[Path, KTCMeasurement]]],
+                                           dict[Path, np.ndarray]]:
+    """Every check of :func:`run_ktc` before the calibration: options, every data file at every level,
+    the reference, every truth (``--truth``: a directory with ``trueK.mat`` for every ``dataK.mat``),
+    the segmenter, the atlas and the output directory. Returns the reference, per level the (file,
+    data) of every case, and the truths by file."""
+    levels = tuple(check_level(v) for v in config.levels)
+    check_int("--grid", config.grid, 4, MAX_GRID)
+    check_seed("--seed", config.seed)
+    data_dir = check_input_dir(config.data_dir, "KTC data directory")
+    files = _data_files(data_dir)
+    ref_full = read_ktc(data_dir / "ref.mat", 1)
+    truth_dir = check_input_dir(config.truth_dir, "--truth directory") if config.truth_dir else None
+    inputs: dict[int, list[tuple[Path, KTCMeasurement]]] = {}
+    for level in levels:
+        inputs[level] = []
+        for path in files:
+            data = read_ktc(path, level)
+            restrict_like(ref_full, data)
+            inputs[level].append((path, data))
+    truths: dict[Path, np.ndarray] = {}
+    if truth_dir is not None:
+        for path in files:
+            truth_path = truth_dir / f"true{path.stem.removeprefix('data')}.mat"
+            if not truth_path.is_file():
+                raise FileNotFoundError(f"--truth directory {truth_dir} has no {truth_path.name} for {path.name}")
+            truths[path] = read_truth(truth_path)
+    if "learned" in config.methods or config.segmenter:
+        from eit_manifold.ktc.segmenter import load_segmenter
+
+        path = config.segmenter or BUNDLED_SEGMENTER
+        _, meta = load_segmenter(path)
+        if "learned" in config.methods:
+            if meta.get("grid") != config.grid:
+                raise ValueError(f"segmenter {path} was trained on a {meta.get('grid')}-pixel grid, not --grid "
+                                 f"{config.grid}; pass --grid {meta.get('grid')}")
+            trained = [t.get("level") for t in meta.get("kept_sets") or [{"level": meta.get("level")}]]
+            missing = [v for v in levels if v not in trained]
+            if missing:
+                raise ValueError(f"segmenter {path} was trained for level(s) {trained}, not --level "
+                                 f"{','.join(map(str, missing))}; {SEGMENTER_HINT}")
+    if "atlas" in config.methods:
+        Resources(MethodOptions(atlas=config.atlas)).atlas()
+    check_output_dir(config.out, "--out")
+    return ref_full, inputs, truths
+
+
 def run_ktc(config: KTCConfig) -> dict:
     """Reconstruct every ``data*.mat`` of ``config.data_dir`` at every level with every method.
+
+    Every input is checked first (:func:`check_ktc`); the outputs appear in ``config.out`` together
+    when every case is done (a failed run writes nothing).
 
     Returns
     -------
@@ -116,18 +172,9 @@ def run_ktc(config: KTCConfig) -> dict:
     from eit_manifold.ktc.plots import plot_case, plot_level
     from eit_manifold.seeding import seed_everything
 
+    ref_full, inputs, truths = check_ktc(config)
     seed_everything(config.seed)
-    data_dir, out = Path(config.data_dir), Path(config.out)
-    files = _data_files(data_dir)
-    # Read and check every input before the expensive work.
-    inputs = {(path, level): read_ktc(path, level) for level in config.levels for path in files}
-    truths = {}
-    for path in files:
-        truth_path = Path(config.truth_dir) / f"true{path.stem.removeprefix('data')}.mat" if config.truth_dir else None
-        if truth_path is not None and truth_path.is_file():
-            truths[path] = read_truth(truth_path)
-    ref_path = data_dir / "ref.mat"
-    ref_full = read_ktc(ref_path, 1)
+    ref_path = Path(config.data_dir) / "ref.mat"
     t0 = time.perf_counter()
     calibration, cached = cached_calibration(ref_full, ref_path, config.per_electrode, config.cache_dir,
                                              config.use_cache)
@@ -136,45 +183,46 @@ def run_ktc(config: KTCConfig) -> dict:
     setup = {"calibration_cached": cached, "calibration_and_linearisation_seconds": round(time.perf_counter() - t0, 2)}
     single = len(config.levels) == 1 and len(config.methods) == 1
     contexts: dict[tuple, ReconstructionContext] = {}
-    cases = []
-    for level in config.levels:
-        shown: dict[str, dict[str, np.ndarray]] = {}
-        for path in files:
-            data = inputs[(path, level)]
-            ref = restrict_like(ref_full, data)
-            key = (tuple(data.patterns), tuple(data.measurements))
-            if key not in contexts:
-                contexts[key] = sub_context(base, ref)
-            ctx = contexts[key]
-            change = (data.data - ref.data).ravel()
-            for method in config.methods:
-                t1 = time.perf_counter()
-                result = as_result(METHODS[method](ctx, change))
-                image, seg = image_and_segmentation(result)
-                where = out if single else out / f"level{level}" / method
-                save_npy_atomic(where / f"{path.stem}.npy", seg)
-                case = {"case": path.stem, "level": level, "method": method, "patterns": int(data.shape[0]),
-                        "measurements": int(data.shape[1]), "seconds": round(time.perf_counter() - t1, 2)}
-                if result.details is not None:
-                    case["details"] = result.details
-                truth = truths.get(path)
-                if truth is not None:
-                    scores = class_scores(truth, seg)
-                    case.update(score=0.5 * (scores[1] + scores[2]), score_resistive=scores[1],
-                                score_conductive=scores[2])
-                plot_case(where / f"{path.stem}.png", image, seg, truth, title=f"{path.stem} ({method}, level {level})")
-                shown.setdefault(path.stem, {})[method] = seg
-                cases.append(case)
-        if not single:
-            plot_level(out / f"level{level}.png", shown, {p.stem: t for p, t in truths.items()}, f"level {level}")
-    summary = {"config": asdict(config), "setup": setup, "cases": cases, "calibration": calibration.to_dict()}
-    means = mean_scores(cases)
-    if means:
-        summary["mean_scores"] = means
-        write_json(out / "scores.json", {"methods": list(config.methods), "levels": list(config.levels),
-                                         "cases": cases, "mean_scores": means})
-        (out / "scores.md").write_text(markdown_table(cases, config.methods, config.levels))
-    write_json(out / "summary.json", summary)
+    with staged_dir(config.out) as out:
+        cases = []
+        for level in config.levels:
+            shown: dict[str, dict[str, np.ndarray]] = {}
+            for path, data in inputs[level]:
+                ref = restrict_like(ref_full, data)
+                key = (tuple(data.patterns), tuple(data.measurements))
+                if key not in contexts:
+                    contexts[key] = sub_context(base, ref)
+                ctx = contexts[key]
+                change = (data.data - ref.data).ravel()
+                for method in config.methods:
+                    t1 = time.perf_counter()
+                    result = as_result(METHODS[method](ctx, change))
+                    image, seg = image_and_segmentation(result)
+                    where = out if single else out / f"level{level}" / method
+                    save_npy_atomic(where / f"{path.stem}.npy", seg)
+                    case = {"case": path.stem, "level": level, "method": method, "patterns": int(data.shape[0]),
+                            "measurements": int(data.shape[1]), "seconds": round(time.perf_counter() - t1, 2)}
+                    if result.details is not None:
+                        case["details"] = result.details
+                    truth = truths.get(path)
+                    if truth is not None:
+                        scores = class_scores(truth, seg)
+                        case.update(score=0.5 * (scores[1] + scores[2]), score_resistive=scores[1],
+                                    score_conductive=scores[2])
+                    plot_case(where / f"{path.stem}.png", image, seg, truth,
+                              title=f"{path.stem} ({method}, level {level})")
+                    shown.setdefault(path.stem, {})[method] = seg
+                    cases.append(case)
+            if not single:
+                plot_level(out / f"level{level}.png", shown, {p.stem: t for p, t in truths.items()}, f"level {level}")
+        summary = {"config": asdict(config), "setup": setup, "cases": cases, "calibration": calibration.to_dict()}
+        means = mean_scores(cases)
+        if means:
+            summary["mean_scores"] = means
+            write_json(out / "scores.json", {"methods": list(config.methods), "levels": list(config.levels),
+                                             "cases": cases, "mean_scores": means})
+            write_bytes_atomic(out / "scores.md", markdown_table(cases, config.methods, config.levels).encode())
+        write_json(out / "summary.json", summary)
     return summary
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from eit_manifold.io import read_json, save_npz_atomic
+from eit_manifold.io import check_output_dir, read_json, save_npz_atomic, staged_dir
 from eit_manifold.ktc.calibration import Calibration
 from eit_manifold.ktc.calibration_cache import cached_calibration
 from eit_manifold.ktc.data import LEVELS, KTCMeasurement, check_level, read_ktc
@@ -46,6 +46,7 @@ from eit_manifold.ktc.score import class_scores
 from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
 from eit_manifold.ktc.segmenter import (
     TrainConfig,
+    check_checkpoint,
     fit_presence_rule,
     predict,
     presence_errors,
@@ -53,6 +54,8 @@ from eit_manifold.ktc.segmenter import (
     train_segmenter,
 )
 from eit_manifold.ktc.simulation import SimulationConfig, simulate_pairs
+from eit_manifold.pipelines.ktc import MAX_GRID
+from eit_manifold.validation import check_input_dir, check_int
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DEFAULT_PRIOR_SCALES = (1.0, 10.0, 100.0)  # see SegmenterRunConfig and docs/ktc.md
@@ -90,6 +93,14 @@ class SegmenterRunConfig:
         if not levels:
             raise ValueError("levels must name at least one level in 1..7")
         object.__setattr__(self, "levels", levels)
+        check_int("--grid", self.grid, 4, MAX_GRID)
+        check_int("--n-train", self.n_train, 1, 1_000_000)
+        check_int("--n-val", self.n_val, 1, 100_000)
+        self.train_config()  # --epochs, --width, --lr, --seed
+
+    def train_config(self) -> TrainConfig:
+        """The network's training settings."""
+        return TrainConfig(epochs=self.epochs, width=self.width, seed=self.seed, lr=self.lr)
 
 
 def simulate_chunks(
@@ -122,6 +133,28 @@ def simulate_chunks(
         save_npz_atomic(path, key=np.array(key), **data)
         chunks.append(data)
     return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def read_cache(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a simulation chunk; ``ValueError`` naming the file when it is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored = {k: f[k] for k in f.files}
+    except Exception as exc:  # a truncated or foreign file: numpy raises assorted errors
+        raise ValueError(f"simulation cache {path} is damaged ({' '.join(str(exc).split())}): remove it to "
+                         "simulate again") from exc
+    if "key" not in stored:
+        raise ValueError(f"{path} is not a simulation cache of ktc-train (no 'key'): remove it or choose another --out")
+    return stored
+
+
+def _provenance(cfg: SegmenterRunConfig, ref_path: Path, sim: SimulationConfig) -> dict:
+    """What identifies a ``ktc-train`` run (stored in its checkpoint): data, sizes, seeds, simulation, start."""
+    from eit_manifold.manifold.checkpoint import file_sha256
+
+    return {"format": 2, "reference_sha256": file_sha256(ref_path), "levels": list(cfg.levels), "grid": cfg.grid,
+            "n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed, "prior_scales": list(cfg.prior_scales),
+            "simulation": asdict(sim), "init": cfg.init}
 
 
 class LevelSource:
@@ -243,31 +276,38 @@ def train_ktc_segmenter(cfg: SegmenterRunConfig) -> dict:
     from eit_manifold.ktc.segmenter import load_segmenter
     from eit_manifold.seeding import seed_everything
 
-    seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ref_path = Path(cfg.data_dir) / "ref.mat"
+    # every check before the calibration: data, output directory, a cache or checkpoint left there
+    data_dir = check_input_dir(cfg.data_dir, "KTC data directory")
+    ref_path = data_dir / "ref.mat"
     if not ref_path.is_file():
         raise FileNotFoundError(f"no ref.mat in {cfg.data_dir}")
+    reference = read_ktc(ref_path, 1)
+    out = check_output_dir(cfg.out, "--out")
+    sim = SimulationConfig()
+    provenance = _provenance(cfg, ref_path, sim)
+    train_cfg = cfg.train_config()
+    for chunk in sorted((out / "sim").glob("*.npz")) if (out / "sim").is_dir() else []:
+        read_cache(chunk)
+    if (out / CHECKPOINT_FILE).is_file():
+        check_checkpoint(out / CHECKPOINT_FILE, train_cfg, cfg.n_train, provenance)
     init = None
     if cfg.init is not None:
         init_net, _ = load_segmenter(BUNDLED_SEGMENTER if cfg.init == "bundled" else cfg.init)
         init = init_net.state_dict()
+
+    seed_everything(cfg.seed)
     t0 = time.perf_counter()
-    reference = read_ktc(ref_path, 1)
     calibration, _ = cached_calibration(reference, ref_path)
     base = build_context(reference, cfg.grid, calibration)
     contexts = {v: sub_context(base, restrict_level(reference, v)) for v in cfg.levels}
     t_cal = time.perf_counter() - t0
-    sim = SimulationConfig()
     train = simulate_chunks(calibration, reference, "train", cfg.n_train, cfg.seed, sim, out / "sim", cfg.progress)
     val = simulate_chunks(calibration, reference, "val", cfg.n_val, cfg.seed, sim, out / "sim", cfg.progress)
     scale = float(np.sqrt(np.mean(reference.data**2)))
     source = LevelSource(contexts, base, train["clean"], train["noise"], scale, cfg.prior_scales)
     t_sim = time.perf_counter() - t0 - t_cal
-    train_cfg = TrainConfig(epochs=cfg.epochs, width=cfg.width, seed=cfg.seed, lr=cfg.lr)
     net, history = train_segmenter(source, train["labels"], train_cfg, checkpoint=out / CHECKPOINT_FILE,
-                                   progress=cfg.progress, init=init)
+                                   progress=cfg.progress, init=init, provenance=provenance)
     t_train = time.perf_counter() - t0 - t_cal - t_sim
     with torch.no_grad():
         checked = validate_levels(net, source, val, cfg.seed)
@@ -298,6 +338,7 @@ def train_ktc_segmenter(cfg: SegmenterRunConfig) -> dict:
         "seconds": {"calibration_and_linearisation": round(t_cal, 1), "simulation": round(t_sim, 1),
                     "training": round(t_train, 1)},
     }
-    save_segmenter(net, out, meta)
-    plot_segmenter_validation(out / "validation.png", checked, val["truths"], history)
+    with staged_dir(out) as stage:  # the network and its figure appear together
+        save_segmenter(net, stage, meta)
+        plot_segmenter_validation(stage / "validation.png", checked, val["truths"], history)
     return read_json(out / "config.json")

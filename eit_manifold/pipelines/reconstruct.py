@@ -1,7 +1,9 @@
 """Reconstruct a conductivity from a measurement file: the ``reconstruct`` job.
 
-Methods: ``atlas`` (Riemannian descent on a learned atlas, the product's method), and the
-classic baselines on the same CEM solver, ``gauss-newton`` (iterated Tikhonov) and ``tv``.
+Methods: ``atlas`` (Riemannian descent on a learned atlas, the product's method), the classic
+baselines on the same CEM solver, ``gauss-newton`` (iterated Tikhonov) and ``tv``, and
+``constant``, the trivial estimate every method must beat: the best homogeneous conductivity
+(least-squares fit of one conductivity to the data).
 The reconstruction mesh defaults to the ``coarse`` preset, which differs from the ``default``
 preset that ``simulate`` uses, so synthetic data do not commit the inverse crime.
 
@@ -23,14 +25,26 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from eit_manifold.io import save_npy_atomic, write_json
+from eit_manifold.io import check_output_dir, save_npy_atomic, staged_dir, write_json
 from eit_manifold.metrics import psnr, relative_data_misfit, relative_l2, ssim
-from eit_manifold.operators.eit import EITOperator, Tank
+from eit_manifold.operators.eit import EITOperator, Tank, conductivity_to_image, image_to_conductivity
 from eit_manifold.operators.eit.data_file import MeasurementData, read_measurements
-from eit_manifold.operators.eit.mesh import tank_mesh
+from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
 from eit_manifold.operators.eit.pixels import pixel_centres
+from eit_manifold.validation import (
+    InputError,
+    check_choice,
+    check_contact_impedance,
+    check_int,
+    check_seed,
+    check_sigma_range,
+    collective_check,
+)
 
-METHODS = ("atlas", "gauss-newton", "tv")
+METHODS = ("atlas", "gauss-newton", "tv", "constant")
+MAX_STARTS = 1000
+MAX_ITERATIONS = 100_000
+MAX_IMAGE_SIZE = 512
 
 
 @dataclass
@@ -54,14 +68,16 @@ class ReconstructConfig:
     warm_start: bool = True  # atlas: one more start per chart at its projection of a Gauss-Newton image
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        """Check every option (cheap; the files are read by :func:`check_inputs`)."""
+        check_choice("--method", self.method, METHODS)
         if self.iterations is None:
             self.iterations = 60 if self.method == "atlas" else 10
-        if self.starts < 1 or self.iterations < 0:
-            raise ValueError(f"need starts >= 1 and iterations >= 0, got {self.starts}, {self.iterations}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        check_int("--starts", self.starts, 1, MAX_STARTS)
+        check_int("--iterations", self.iterations, 0, MAX_ITERATIONS)
+        check_sigma_range(self.sigma_min, self.sigma_max)
+        check_int("--image-size", self.image_size, 8, MAX_IMAGE_SIZE)
+        check_seed("--seed", self.seed)
+        check_mesh_option(self.mesh, self.mesh_size)
 
 
 @dataclass
@@ -147,18 +163,13 @@ def load_problem(
     return make_problem(data, operator, time.perf_counter() - t0)
 
 
-def conductivity_from_image(x: torch.Tensor, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """sigma = sigma_min + (sigma_max - sigma_min) clip(x, 0, 1), in float64 (atlas images may overshoot)."""
-    return sigma_min + (sigma_max - sigma_min) * x.to(torch.float64).clamp(0.0, 1.0)
-
-
 def misfit_objective(problem: EITProblem, sigma_min: float, sigma_max: float):
     """The atlas objective F(x) = 0.5 ||A(sigma(x)) - d||^2 / ||d||^2 for a batch of images (B,)."""
     d = problem.measurements
     scale = float((d**2).sum())
 
     def objective(x: torch.Tensor) -> torch.Tensor:
-        y = problem.operator(conductivity_from_image(x, sigma_min, sigma_max))
+        y = problem.operator(image_to_conductivity(x, sigma_min, sigma_max, clip=True))
         return 0.5 * ((y - d) ** 2).sum(dim=(1, 2)) / scale
 
     return objective
@@ -182,13 +193,13 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         from eit_manifold.baselines.eit_absolute import reconstruct_baseline
 
         sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", config.sigma_min, config.sigma_max, 3)
-        warm = torch.as_tensor((sigma_gn - config.sigma_min) / (config.sigma_max - config.sigma_min))[None]
+        warm = torch.as_tensor(conductivity_to_image(sigma_gn, config.sigma_min, config.sigma_max))[None]
     found = multistart_descent(atlas, misfit_objective(problem, config.sigma_min, config.sigma_max), warm,
                                prior_starts=config.starts, seed=config.seed, max_iter=config.iterations, ftol=1e-5,
                                progress=config.progress)
-    result = found.result
+    result, descent = found.result, found.descent
     x = result.x.detach().to(torch.float64)
-    sigma = conductivity_from_image(x, config.sigma_min, config.sigma_max).numpy()
+    sigma = image_to_conductivity(x, config.sigma_min, config.sigma_max, clip=True).numpy()
     history = result.history.objective
     details = {
         "atlas": str(config.atlas),
@@ -201,12 +212,18 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         "objective_per_start": result.objective_all.tolist(),
         "warm_start": config.warm_start,
         "best_start_is_warm": found.best_is_warm,
+        "stopping": {"reason": result.stop_reason, "window": descent.stop_window, "rtol": descent.stop_rtol,
+                     "max_iter": descent.max_iter, "best_objective": result.best_objective.tolist()},
     }
     return sigma, details
 
 
 def _baseline(problem: EITProblem, config: ReconstructConfig) -> tuple[np.ndarray, dict]:
-    from eit_manifold.baselines.eit_absolute import reconstruct_baseline
+    from eit_manifold.baselines.eit_absolute import homogeneous_fit, reconstruct_baseline
+
+    if config.method == "constant":
+        sigma0 = homogeneous_fit(problem.operator.model, problem.data.measurements)
+        return np.full(problem.operator.image_shape, sigma0), {"sigma0": sigma0}
 
     return reconstruct_baseline(problem, config.method, config.sigma_min, config.sigma_max, config.iterations)
 
@@ -231,14 +248,15 @@ def compute_metrics(problem: EITProblem, sigma_image: np.ndarray, predicted: np.
 
 def reconstruct_problem(problem: EITProblem, config: ReconstructConfig) -> dict:
     """Run one method on a loaded problem; returns image, predicted data, metrics (no files)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     method = reconstruct_atlas if config.method == "atlas" else _baseline
     sigma, details = method(problem, config)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     sigma = np.asarray(sigma, dtype=float).reshape(problem.operator.image_shape)
     predicted = problem.operator(torch.from_numpy(sigma)[None])[0].numpy()
     metrics = compute_metrics(problem, sigma, predicted, config.sigma_min, config.sigma_max)
-    metrics.update(reconstruction_s=elapsed, setup_s=problem.setup_s)
+    # CPU time next to wall time: on a shared machine the wall time also measures the other jobs
+    metrics.update(reconstruction_s=elapsed, reconstruction_cpu_s=cpu, setup_s=problem.setup_s)
     return {"image": problem.to_image(sigma), "cells": problem.operator.model.pixel_map(sigma.shape) @ sigma.ravel(),
             "predicted": predicted, "metrics": metrics, "details": details}
 
@@ -265,34 +283,84 @@ def write_outputs(out: Path, problem: EITProblem, result: dict, config: Reconstr
                             title=f"{config.method} reconstruction")
 
 
-def reconstruct(config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
+def check_inputs(files: list[str], config: ReconstructConfig, batch: bool = False) -> list[MeasurementData]:
+    """Every check of a ``reconstruct`` run before any work: each measurement file (all of them, for a
+    batch), its contact impedances against ``--sigma-min``, the mesh size against its radius, the
+    atlas and its image size, the output directory. Returns the files' data."""
+    if not files:
+        raise InputError("no --data file given")
+    stems = [Path(f).stem for f in files]
+    if len(set(stems)) != len(stems):
+        raise InputError(f"batch files must have distinct names (outputs go to OUT/<name>/), got {files}")
+    datas = []
+    for f in files:
+        data = read_measurements(f)
+        data.tank()  # equally spaced electrodes (the only kind the mesh generator makes)
+        check_contact_impedance(data.contact_impedance, data.electrode_width, config.sigma_min,
+                                f"measurement file {f}: key 'contact_impedance'")
+        check_mesh_option(config.mesh, config.mesh_size, data.radius)
+        datas.append(data)
+    if config.method == "atlas":
+        from eit_manifold.manifold import load_atlas
+
+        atlas = load_atlas(config.atlas)
+        if atlas.image_shape is None or tuple(atlas.image_shape) != (config.image_size, config.image_size):
+            raise InputError(
+                f"atlas {config.atlas!r} makes images of shape {atlas.image_shape}, the reconstruction uses "
+                f"{(config.image_size, config.image_size)}: pass --image-size "
+                f"{atlas.image_shape and atlas.image_shape[0]}"
+            )
+    out = check_output_dir(config.out, "--out")
+    if batch:
+        for stem in stems:
+            check_output_dir(out / stem, "batch output directory")
+    return datas
+
+
+def reconstruct(config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD, record: ReconstructConfig | None = None
+                ) -> dict:
     """The ``reconstruct`` job on one file, the mesh distributed over ``comm`` (SPMD: the torch
-    parts run identically on every process); writes conductivity.npy/.xdmf, PNG and metrics.json."""
+    parts run identically on every process); writes conductivity.npy/.xdmf, PNG and metrics.json
+    into ``config.out``, all together at the end (nothing when it fails). Every input is checked
+    first (:func:`check_inputs`). ``record``: the config written to metrics.json (default ``config``).
+
+    A 3-D file (``simulate --dim 3``) goes to :func:`~eit_manifold.pipelines.reconstruct3d.reconstruct_3d`.
+    """
+    from eit_manifold.pipelines.reconstruct3d import is_3d_file, reconstruct_3d
+
+    if is_3d_file(config.data):
+        return reconstruct_3d(config, comm)
+    with collective_check(comm):
+        (data,) = check_inputs([config.data], config)
     torch.manual_seed(config.seed)
-    problem = load_problem(config.data, (config.image_size, config.image_size), config.mesh, config.mesh_size, comm)
+    problem = load_problem(data, (config.image_size, config.image_size), config.mesh, config.mesh_size, comm)
     result = reconstruct_problem(problem, config)
-    write_outputs(Path(config.out), problem, result, config)
+    with staged_dir(config.out, comm) as stage:
+        write_outputs(stage, problem, result, record or config)
     return result
 
 
 def reconstruct_batch(files: list[str], config: ReconstructConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> list[dict]:
     """Reconstruct many files, split across the processes of ``comm`` (each on ``COMM_SELF``).
 
-    File ``a/b/name.npz`` goes to ``OUT/name/``; each process writes the outputs of its own
-    files (distinct directories, atomic writes). Returns every file's metrics on every process.
+    File ``a/b/name.npz`` goes to ``OUT/name/``; every file is checked before any is reconstructed,
+    each process writes the outputs of its own files into one staged directory that is published
+    when all files succeeded (a failed batch leaves nothing). Returns every file's metrics on every
+    process.
     """
     from eit_manifold.operators.eit.parallel import spmd_map
 
-    stems = [Path(f).stem for f in files]
-    if len(set(stems)) != len(stems):
-        raise ValueError(f"batch files must have distinct names (outputs go to OUT/<name>/), got {files}")
+    with collective_check(comm):
+        datas = dict(zip(files, check_inputs(files, config, batch=True), strict=True))
 
-    def run(path: str) -> dict:
-        cfg = replace(config, data=path, out=str(Path(config.out) / Path(path).stem))
-        torch.manual_seed(cfg.seed)
-        problem = load_problem(path, (cfg.image_size, cfg.image_size), cfg.mesh, cfg.mesh_size, MPI.COMM_SELF)
-        result = reconstruct_problem(problem, cfg)
-        write_outputs(Path(cfg.out), problem, result, cfg)
-        return {"data": path, "out": cfg.out, "metrics": result["metrics"]}
+    with staged_dir(config.out, comm) as stage:
+        def run(path: str) -> dict:
+            cfg = replace(config, data=path, out=str(Path(config.out) / Path(path).stem))
+            torch.manual_seed(cfg.seed)
+            problem = load_problem(datas[path], (cfg.image_size, cfg.image_size), cfg.mesh, cfg.mesh_size,
+                                   MPI.COMM_SELF)
+            result = reconstruct_problem(problem, cfg)
+            write_outputs(stage / Path(path).stem, problem, result, cfg)
+            return {"data": path, "out": cfg.out, "metrics": result["metrics"]}
 
-    return spmd_map(run, files, comm)
+        return spmd_map(run, files, comm)

@@ -1,9 +1,11 @@
-"""The validation report: held-out balls phantoms (and out-of-family ones) simulated on the fine
-``default`` mesh, reconstructed on the ``coarse`` mesh by every method, summarised as tables.
+"""The validation report: the paper's EIT experiment. Held-out phantoms of the paper's ``balls``
+family (and out-of-family ones) simulated on the fine ``default`` mesh, reconstructed on the
+``coarse`` mesh by every method, summarised as tables with every per-image value in the JSON.
 
 Phantom ``i`` is the held-out balls image of index ``seed + i`` (never in a training set); the
 noise of phantom ``i`` at level ``eta`` is drawn from ``default_rng([seed, i, round(eta * 1e6)])``.
-Out-of-family phantoms (one disk, three disks, an ellipse) are drawn from ``seed + j``. Under
+Out-of-family phantoms (``n_out`` of each kind: held-out ``balls-signed`` images — one conductive
+and one resistive disk —, an ellipse, three disks) use indices (seeds) ``seed + j``. Under
 ``mpirun`` the reconstructions are split across processes, each on ``COMM_SELF``.
 """
 
@@ -17,21 +19,25 @@ import numpy as np
 from mpi4py import MPI
 from tqdm import tqdm
 
-from eit_manifold.io import write_bytes_atomic, write_json
+from eit_manifold.io import check_output_dir, staged_dir, write_bytes_atomic, write_json
 from eit_manifold.operators.eit.parallel import spmd_map
 from eit_manifold.pipelines.reconstruct import (
+    MAX_ITERATIONS,
+    MAX_STARTS,
     ReconstructConfig,
     make_problem,
     reconstruct_problem,
     reconstruction_operator,
 )
 from eit_manifold.pipelines.simulate import SimulateConfig, simulate_data, simulation_model
+from eit_manifold.validation import InputError, check_float, check_int, check_seed, collective_check
 
 # method label -> (reconstruct method, atlas)
 DEFAULT_METHODS = {"atlas K=2": ("atlas", "balls"), "atlas K=1": ("atlas", "balls-k1"),
-                   "gauss-newton": ("gauss-newton", "balls"), "tv": ("tv", "balls")}
-METRICS = ("relative_l2", "psnr", "ssim", "relative_data_misfit", "reconstruction_s")
-OUT_OF_FAMILY = ("disk", "three-disks", "ellipse")
+                   "gauss-newton": ("gauss-newton", "balls"), "tv": ("tv", "balls"),
+                   "constant": ("constant", "balls")}
+METRICS = ("relative_l2", "psnr", "ssim", "relative_data_misfit", "reconstruction_s", "reconstruction_cpu_s")
+OUT_OF_FAMILY = ("balls-signed", "ellipse", "three-disks")
 
 
 @dataclass
@@ -44,6 +50,7 @@ class ReportConfig:
     out: str = "report"
     methods: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(DEFAULT_METHODS))
     out_of_family: tuple[str, ...] = OUT_OF_FAMILY
+    n_out: int = 1  # phantoms of each out-of-family kind
     starts: int = 8
     iterations: int | None = None  # atlas descent steps (None: the reconstruct default)
     simulation_mesh: str = "default"
@@ -51,22 +58,29 @@ class ReportConfig:
     image_size: int = 64
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
-        bad = [eta for eta in self.noise if not (np.isfinite(eta) and eta >= 0)]
-        if bad or not self.noise:
-            raise ValueError(f"noise levels must be non-negative numbers, got {list(self.noise)}")
+        check_int("--n", self.n, 1, 10_000)
+        if not self.noise:
+            raise InputError("--noise must list at least one noise level")
+        self.noise = tuple(check_float("--noise", eta, 0.0, 10.0) for eta in self.noise)
+        check_seed("--seed", self.seed)
+        check_int("--starts", self.starts, 1, MAX_STARTS)
+        if self.iterations is not None:
+            check_int("--iterations", self.iterations, 0, MAX_ITERATIONS)
+        check_int("--n-out", self.n_out, 0, 10_000)
 
 
 def _cases(config: ReportConfig) -> list[dict]:
     cases = [{"family": "balls", "phantom": "balls", "index": config.seed + i} for i in range(config.n)]
     cases += [{"family": kind, "phantom": kind, "index": config.seed + j}
-              for j, kind in enumerate(config.out_of_family)]
+              for kind in config.out_of_family for j in range(config.n_out)]
     return [dict(c, noise=eta) for c in cases for eta in config.noise]
 
 
 def run_report(config: ReportConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
-    """Simulate, reconstruct with every method, aggregate; rank 0 writes the report files."""
+    """Simulate, reconstruct with every method, aggregate; rank 0 writes the report files (all
+    together, when everything succeeded)."""
+    with collective_check(comm):
+        check_output_dir(config.out, "--out")
     sim_cfg = SimulateConfig(mesh=config.simulation_mesh, image_size=config.image_size)
     sim_model = simulation_model(sim_cfg, MPI.COMM_SELF)
     cases = _cases(config)
@@ -89,17 +103,18 @@ def run_report(config: ReportConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
         rc = ReconstructConfig(data="<memory>", method=method, atlas=atlas, starts=config.starts,
                                iterations=config.iterations if method == "atlas" else None,
                                image_size=config.image_size, seed=config.seed)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = reconstruct_problem(make_problem(datasets[i], operator), rc)
         progress.update(comm.size)
-        return {"case": i, "method": label, **cases[i], "metrics": result["metrics"], "image": result["image"],
-                "wall_s": time.perf_counter() - t0}
+        return {"case": i, "method": label, **cases[i], "metrics": result["metrics"], "details": result["details"],
+                "image": result["image"], "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
     rows = spmd_map(run, tasks, comm)
     progress.close()
     summary = aggregate(rows, config)
-    if comm.rank == 0:
-        write_report(config, rows, summary, datasets)
+    with staged_dir(config.out, comm) as stage:
+        if comm.rank == 0:
+            write_report(config, rows, summary, datasets, stage)
     return summary
 
 
@@ -126,7 +141,8 @@ def markdown_table(summary: dict) -> str:
     """One table per phantom group: rows (noise, method), columns mean ± std of each metric."""
     lines = []
     names = {"relative_l2": "rel. L2 error", "psnr": "PSNR (dB)", "ssim": "SSIM",
-             "relative_data_misfit": "rel. data misfit", "reconstruction_s": "time (s)"}
+             "relative_data_misfit": "rel. data misfit", "reconstruction_s": "time (s)",
+             "reconstruction_cpu_s": "CPU (s)"}
     for group, by_noise in summary.items():
         lines += [f"### {group}", "", "| noise | method | " + " | ".join(names.values()) + " |",
                   "|---|---|" + "---:|" * len(names)]
@@ -138,9 +154,11 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(config: ReportConfig, rows: list[dict], summary: dict, datasets: list) -> None:
-    """results.json, results.md and a figure grid (truth and each method, first phantoms)."""
-    out = Path(config.out)
+def write_report(config: ReportConfig, rows: list[dict], summary: dict, datasets: list,
+                 out: str | Path | None = None) -> None:
+    """results.json, results.md and a figure grid (truth and each method, first phantoms) in ``out``
+    (default ``config.out``)."""
+    out = Path(config.out if out is None else out)
     per_item = [{k: v for k, v in r.items() if k != "image"} for r in rows]
     write_json(out / "results.json", {"config": asdict(config), "summary": summary, "items": per_item})
     write_bytes_atomic(out / "results.md", (markdown_table(summary) + "\n").encode())

@@ -16,7 +16,6 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,14 +27,22 @@ from eit_manifold.data import (
     make_dataset,
     true_latent_dim,
 )
-from eit_manifold.io import read_json, write_json
+from eit_manifold.io import check_output_dir, read_json, staged_dir, write_json
 from eit_manifold.manifold.atlas import Atlas
 from eit_manifold.manifold.chart import ChartConfig
 from eit_manifold.manifold.checkpoint import load_atlas, save_atlas
-from eit_manifold.manifold.training import TrainConfig, relative_projection_error, train_atlas
+from eit_manifold.manifold.training import (
+    CHECKPOINT_FILE,
+    TrainConfig,
+    check_resumable,
+    relative_projection_error,
+    train_atlas,
+)
 from eit_manifold.seeding import seed_everything
+from eit_manifold.validation import InputError, check_int, check_seed
 
 JOB_FILE = "train.json"
+MAX_TRAIN_ITEMS = 1_000_000
 
 _IMAGE_DEFAULTS: dict = {
     "charts": 2,
@@ -53,6 +60,32 @@ _IMAGE_DEFAULTS: dict = {
     },
 }
 
+#: The paper's bars schedule: 200 epochs of which the last 50 are overlap epochs (the seeding and
+#: Lipschitz phases keep their share of the 20-epoch image schedule). 100 training images (angles
+#: 1.8 deg apart on a one-dimensional family) give 800 optimiser steps, about the 625 of the former
+#: 20-epoch, 1000-image schedule, so the run fits a shared CPU thread.
+_BARS_DEFAULTS: dict = {
+    **_IMAGE_DEFAULTS,
+    "n_train": 100,
+    "train": {
+        **_IMAGE_DEFAULTS["train"],
+        "epochs": 200,
+        "pretrain_epochs": 30,
+        "lipschitz_epochs": 40,
+        "overlap_epochs": 50,
+        "checkpoint_every": 10,
+    },
+}
+
+# The paper's schedule for its balls atlases (200 epochs, the last 50 with overlap), with the
+# 2 000 images and decoder noise 0.02 that the first bundled balls atlases were tuned to.
+_BALLS_DEFAULTS: dict = {
+    **_IMAGE_DEFAULTS,
+    "n_train": 2000,
+    "chart": {**_IMAGE_DEFAULTS["chart"], "sigma_hd": 0.02},
+    "train": {**_IMAGE_DEFAULTS["train"], "epochs": 200, "overlap_epochs": 50},
+}
+
 #: Per-dataset defaults: (charts, chart-config overrides, train-config overrides, n_train).
 DATASET_DEFAULTS: dict[str, dict] = {
     "two-circles": {
@@ -65,8 +98,10 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "sphere": {"charts": 2, "n_train": 4000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "torus": {"charts": 6, "n_train": 6000, "chart": {"sigma_hd": 0.02}, "train": {}},
     "swiss-roll": {"charts": 4, "n_train": 4000, "chart": {"sigma_hd": 0.02}, "train": {}},
-    "bars": _IMAGE_DEFAULTS,
-    "balls": _IMAGE_DEFAULTS,
+    "bars": _BARS_DEFAULTS,
+    "balls": _BALLS_DEFAULTS,
+    "balls-signed": _BALLS_DEFAULTS,
+    "balls-mixed": _BALLS_DEFAULTS,
     "ktc": _IMAGE_DEFAULTS,
 }
 
@@ -103,6 +138,25 @@ class TrainJob:
     data_seed: int = 0
     chart: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        """Check the sizes before anything is allocated (the dataset and the atlas are built later)."""
+        from eit_manifold.manifold.chart import MAX_ATLAS_PARAMETERS, estimated_parameters
+
+        check_dataset(self.dataset)
+        self.charts = check_int("--charts", self.charts, 1, 256)
+        self.latent_dim = check_int("--latent-dim", self.latent_dim, 1)
+        self.n_train = check_int("--n-train", self.n_train, 1, MAX_TRAIN_ITEMS)
+        self.size = check_int("--size", self.size, 8, 256)
+        self.data_seed = check_seed("data_seed", self.data_seed)
+        if is_image_dataset(self.dataset) and self.size % 8:
+            raise InputError(f"--size must be a multiple of 8, got {self.size}")
+        if self.n_train < self.charts:
+            raise InputError(f"--n-train ({self.n_train}) must be at least --charts ({self.charts})")
+        cfg = self.chart_config()  # checks the architecture's sizes
+        if estimated_parameters(cfg, self.charts) > MAX_ATLAS_PARAMETERS:
+            raise InputError(f"the atlas would have about {estimated_parameters(cfg, self.charts):.3g} parameters "
+                             f"(limit {MAX_ATLAS_PARAMETERS:.0e}): lower --hidden, --blocks or --conv-hidden")
 
     def chart_config(self) -> ChartConfig:
         """The architecture for this job."""
@@ -224,6 +278,7 @@ def run_train(
     progress: bool = True,
     command: str | None = None,
     plots: bool = True,
+    save_partial: bool = False,
 ) -> dict:
     """Train, save and evaluate an atlas; return the job summary written to ``out/train.json``.
 
@@ -243,16 +298,27 @@ def run_train(
         Command line recorded in ``train.json`` (defaults to ``sys.argv``).
     plots : bool
         Write ``loss.png`` and ``atlas.png``.
+    save_partial : bool
+        With ``stop_after``: save, evaluate and plot the atlas as it is when the run stops (a
+        time-boxed run; ``train.json`` records ``stopped_after`` and ``finished: false``, and
+        ``resume`` continues the schedule).
     """
-    out = Path(out)
+    out = check_output_dir(out, "--out")
     job_path = out / JOB_FILE
     previous_time = 0.0
+    provenance = job_provenance(job)
     if resume:
+        if not job_path.is_file():
+            raise FileNotFoundError(f"cannot resume: no {JOB_FILE} in {out} (no training run there)")
         saved = read_json(job_path)
-        if saved.get("job") != job.to_dict():
+        if not isinstance(saved, dict) or saved.get("job") != job.to_dict():
             raise ValueError(f"cannot resume: the job differs from the one in {job_path}")
         previous_time = float(saved.get("train_seconds", 0.0))
-    elif (out / "checkpoint.pt").exists():
+        ckpt = out / CHECKPOINT_FILE
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt}")
+        check_resumable(ckpt, job.train, provenance)  # before the data are built
+    elif (out / CHECKPOINT_FILE).exists():
         raise FileExistsError(f"{out} already holds a training run; pass --resume or a new --out")
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     data = torch.from_numpy(
@@ -268,25 +334,39 @@ def run_train(
     write_json(job_path, summary)
     start = time.perf_counter()
     history = train_atlas(
-        atlas, data, job.train, out, resume=resume, stop_after=stop_after, progress=progress
+        atlas, data, job.train, out, resume=resume, stop_after=stop_after, progress=progress,
+        provenance=provenance,
     )
     summary["train_seconds"] = previous_time + time.perf_counter() - start
     summary["history"] = history
     summary["finished"] = bool(history) and history[-1]["epoch"] == job.train.epochs
     summary["torch_threads"] = torch.get_num_threads()
     summary["parameters"] = count_parameters(atlas)
-    if summary["finished"]:
+    partial = save_partial and stop_after is not None and bool(history) and not summary["finished"]
+    if partial:
+        summary["stopped_after"] = history[-1]["epoch"]
+    if not (summary["finished"] or partial):
+        write_json(job_path, summary)
+        return summary
+    # the atlas, its figures and the final train.json appear together
+    with staged_dir(out) as stage:
         save_atlas(
-            atlas, out, extra={"command": command, "train_seconds": summary["train_seconds"]}
+            atlas, stage, extra={"command": command, "train_seconds": summary["train_seconds"]}
         )
         summary["evaluation"] = evaluate(atlas, job.dataset, size=job.size)
         if plots:
             from eit_manifold.plotting import plot_atlas, plot_loss_curve
 
-            plot_loss_curve(history, out / "loss.png")
-            plot_atlas(load_atlas(out), out / "atlas.png", dataset=job.dataset)
-    write_json(job_path, summary)
+            plot_loss_curve(history, stage / "loss.png")
+            plot_atlas(load_atlas(stage), stage / "atlas.png", dataset=job.dataset)
+        write_json(stage / JOB_FILE, summary)
     return summary
+
+
+def job_provenance(job: TrainJob) -> dict:
+    """What identifies a training run besides its optimisation settings (stored in its checkpoints):
+    dataset, sizes, seeds and architecture."""
+    return {k: v for k, v in job.to_dict().items() if k != "train"}
 
 
 def count_parameters(atlas: Atlas) -> int:

@@ -76,14 +76,20 @@ def main(out: str) -> None:
             raise ValueError("item 3 is bad")
         return i
 
-    try:
-        spmd_map(fail_on_item_3, list(range(6)), comm)
-        raised = "nothing"
-    except ValueError as exc:
-        raised = f"ValueError: {exc}"
-    except RemoteError as exc:
-        raised = f"RemoteError: {exc}"
-    results["errors"] = np.array(comm.gather(raised, root=0) if comm.size > 1 else [raised], dtype=object).astype(str)
+    def bug_on_item_3(i: int) -> int:
+        if i == 3:
+            raise RuntimeError("item 3 hit a bug")
+        return i
+
+    for key, fn in (("errors", fail_on_item_3), ("bug_errors", bug_on_item_3)):
+        try:
+            spmd_map(fn, list(range(6)), comm)
+            raised = "nothing"
+        except RemoteError as exc:
+            raised = f"RemoteError: {exc}"
+        except (ValueError, RuntimeError) as exc:
+            raised = f"{type(exc).__name__}: {exc}" + (" (collective)" if getattr(exc, "collective", False) else "")
+        results[key] = np.array(comm.gather(raised, root=0) if comm.size > 1 else [raised], dtype=object).astype(str)
     if comm.rank == 0:
         save_npz_atomic(out, size=comm.size, **results)
 

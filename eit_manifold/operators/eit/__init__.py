@@ -4,11 +4,8 @@
 # any module of this package runs this line first.
 import dolfinx_solver  # noqa: F401
 
-from eit_manifold.operators.eit.autograd import (
-    EITOperator,
-    image_to_conductivity,
-    log_conductivity_to_conductivity,
-)
+from eit_manifold.operators.eit.autograd import EITOperator, log_conductivity_to_conductivity
+from eit_manifold.operators.eit.conductivity_map import conductivity_to_image, image_to_conductivity
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import MeshOptions, TankMesh, tank_mesh
@@ -19,6 +16,7 @@ __all__ = [
     "MeshOptions",
     "Tank",
     "TankMesh",
+    "conductivity_to_image",
     "image_to_conductivity",
     "log_conductivity_to_conductivity",
     "tank_mesh",

@@ -19,6 +19,7 @@ from eit_manifold.operators.eit.forward import CEMForwardModel, ForwardResult
 from eit_manifold.operators.eit.geometry import Tank
 from eit_manifold.operators.eit.mesh import MeshOptions, TankMesh, tank_mesh
 from eit_manifold.operators.eit.parallel import spmd_map
+from eit_manifold.operators.noise import NoiseModel, RelativeNoise
 
 
 class _CEMFunction(torch.autograd.Function):
@@ -63,8 +64,9 @@ class EITOperator(torch.nn.Module):
         reconstruction mesh; simulate uses ``default``, so data and model meshes differ).
     mesh_size : float, optional
         Element size away from the electrodes (instead of ``mesh``).
-    image_shape : (H, W), optional
-        Shape of conductivity images on [-R, R]^2 accepted besides per-cell vectors.
+    image_shape : (H, W) or (D, H, W), optional
+        Shape of conductivity images on [-R, R]^2 accepted besides per-cell vectors; on a 3-D
+        mesh a voxel grid (D layers from the bottom) over the mesh's height.
     injection, measurement : str or array
         Current patterns and measurement matrix, as in :class:`CEMForwardModel`.
     comm : MPI.Comm
@@ -75,6 +77,9 @@ class EITOperator(torch.nn.Module):
     model : CEMForwardModel, optional
         Use this model (and its mesh) instead of building one; ``mesh``, ``mesh_size``,
         ``injection`` and ``measurement`` are then ignored. See :meth:`from_model`.
+    noise_model : NoiseModel, optional
+        The data's noise (``op.noise_model``; :meth:`measure` draws from it); default
+        :class:`~eit_manifold.operators.noise.RelativeNoise` of level 0.
 
     Examples
     --------
@@ -93,8 +98,10 @@ class EITOperator(torch.nn.Module):
         comm: MPI.Comm = MPI.COMM_WORLD,
         batch_comm: MPI.Comm | None = None,
         model: CEMForwardModel | None = None,
+        noise_model: NoiseModel | None = None,
     ):
         super().__init__()
+        self.noise_model: NoiseModel = RelativeNoise(0.0) if noise_model is None else noise_model
         if batch_comm is not None and batch_comm.size > 1 and comm.size > 1:
             raise ValueError("batch splitting needs the mesh on COMM_SELF: pass comm=MPI.COMM_SELF with batch_comm")
         self.batch_comm = batch_comm if batch_comm is not None else MPI.COMM_SELF
@@ -114,13 +121,14 @@ class EITOperator(torch.nn.Module):
 
     @classmethod
     def from_model(
-        cls, model: CEMForwardModel, image_shape: tuple[int, int] | None = (64, 64), batch_comm: MPI.Comm | None = None
+        cls, model: CEMForwardModel, image_shape: tuple[int, int] | None = (64, 64), batch_comm: MPI.Comm | None = None,
+        noise_model: NoiseModel | None = None,
     ) -> EITOperator:
         """Wrap an existing forward model (its mesh, impedances, patterns; e.g. a calibrated one).
 
         The model is shared, not copied: its factorisation caches and settings are reused.
         """
-        return cls(model.tank, image_shape=image_shape, batch_comm=batch_comm, model=model)
+        return cls(model.tank, image_shape=image_shape, batch_comm=batch_comm, model=model, noise_model=noise_model)
 
     @property
     def n_cells(self) -> int:
@@ -138,13 +146,13 @@ class EITOperator(torch.nn.Module):
         sigma = sigma.to(torch.float64)
         if sigma.ndim == 2 and sigma.shape[1] == self.n_cells:
             return sigma
-        if self.image_shape is not None and sigma.ndim == 3 and tuple(sigma.shape[1:]) == self.image_shape:
+        if self.image_shape is not None and tuple(sigma.shape[1:]) == self.image_shape:
             flat = sigma.reshape(sigma.shape[0], -1)
             _check_positive(flat, "pixel")
             return _PixelToCells.apply(flat, self._P.to(flat.device), self._PT.to(flat.device))
         expected = f"(B, {self.n_cells})"
         if self.image_shape is not None:
-            expected += f" or (B, {self.image_shape[0]}, {self.image_shape[1]})"
+            expected += f" or (B, {', '.join(str(v) for v in self.image_shape)})"
         raise ValueError(f"conductivity must have shape {expected}, got {tuple(sigma.shape)}")
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -152,6 +160,10 @@ class EITOperator(torch.nn.Module):
         cells = self.to_cells(sigma)
         _check_positive(cells, "cell")
         return _CEMFunction.apply(cells, self.model, self.batch_comm)
+
+    def measure(self, sigma: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noisy data: :meth:`forward` plus a draw of ``noise_model`` from ``generator``."""
+        return self.noise_model.sample(self.forward(sigma), generator)
 
     def jacobian(self, sigma: torch.Tensor) -> torch.Tensor:
         """Jacobian of one item's data w.r.t. its input: (P*M, n_cells) or (P*M, H*W) for images.
@@ -161,7 +173,7 @@ class EITOperator(torch.nn.Module):
         cells = self.to_cells(sigma.unsqueeze(0)).detach()[0]
         result = self.model.solve(cells.cpu().numpy())
         J = self.model.jacobian(result).reshape(-1, self.n_cells)
-        if sigma.ndim == 2 and self.image_shape is not None and tuple(sigma.shape) == self.image_shape:
+        if self.image_shape is not None and tuple(sigma.shape) == self.image_shape:
             J = (self.model.pixel_map(self.image_shape).T @ J.T).T
         return torch.from_numpy(np.ascontiguousarray(J))
 
@@ -194,13 +206,6 @@ def _check_positive(values: torch.Tensor, what: str) -> None:
         raise ValueError(
             f"conductivity must be positive and finite: item {b}, {what} {i} has {float(values[b, i])!r}"
         )
-
-
-def image_to_conductivity(x: torch.Tensor, sigma_min: float = 0.2, sigma_max: float = 1.8) -> torch.Tensor:
-    """Differentiable map of images x in [0, 1] to sigma = sigma_min + (sigma_max - sigma_min) x."""
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    return sigma_min + (sigma_max - sigma_min) * x
 
 
 def log_conductivity_to_conductivity(log_sigma: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ model (``original_cell_index``), so serial and parallel runs see the same vector
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import dolfinx
@@ -34,6 +35,13 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from eit_manifold.operators.eit.mesh import TankMesh
+
+SOLVERS = ("auto", "direct", "iterative")
+# Measured crossover (docs/mpi.md, benchmarks/scaling.py): on 3-D meshes CG + GAMG beats MUMPS
+# from about this many nodes; on 2-D meshes MUMPS was faster at every size measured.
+ITERATIVE_MIN_NODES_3D = 40_000
+# CG relative residual: the electrode data then agree with the direct solve to ~1e-10 (tested 1e-8).
+ITERATIVE_RTOL = 1e-10
 
 
 def check_conductivity(sigma: np.ndarray, n_cells: int) -> np.ndarray:
@@ -59,23 +67,29 @@ def check_conductivity(sigma: np.ndarray, n_cells: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class P1Discretisation:
-    """The part of a P1 triangle mesh this process owns, as plain arrays.
+    """The part of a P1 simplex mesh (triangles or tetrahedra) this process owns, as plain arrays.
 
     Cells are the owned cells in local order; node indices are local (owned nodes first, then
     ghosts); ``global_nodes`` maps them to the global numbering and ``cell_original`` maps owned
-    cells to the canonical (gmsh) order.
+    cells to the canonical (gmsh) order. ``d`` is the dimension (2 or 3): cells have d+1 nodes,
+    electrode facets (edges in 2-D, triangles in 3-D) d nodes.
     """
 
-    coordinates: np.ndarray  # (n_local_nodes, 2), owned then ghost nodes
-    cells: np.ndarray  # (n_cells, 3) local node indices of each owned triangle
-    areas: np.ndarray  # (n_cells,)
-    stiffness: np.ndarray  # (n_cells, 3, 3) int_T grad(phi_i) . grad(phi_j)
-    electrode_edges: tuple[np.ndarray, ...]  # per electrode: (n_edges, 2) local node indices
+    coordinates: np.ndarray  # (n_local_nodes, d), owned then ghost nodes
+    cells: np.ndarray  # (n_cells, d+1) local node indices of each owned simplex
+    areas: np.ndarray  # (n_cells,) cell measures (areas in 2-D, volumes in 3-D)
+    stiffness: np.ndarray  # (n_cells, d+1, d+1) int_T grad(phi_i) . grad(phi_j)
+    electrode_edges: tuple[np.ndarray, ...]  # per electrode: (n_facets, d) local node indices
     global_nodes: np.ndarray  # (n_local_nodes,) global index of each local node
     cell_original: np.ndarray  # (n_cells,) canonical index of each owned cell
     n_owned_nodes: int
     n_global_nodes: int
     n_global_cells: int
+
+    @property
+    def dim(self) -> int:
+        """Spatial dimension d."""
+        return self.coordinates.shape[1]
 
     @property
     def n_nodes(self) -> int:
@@ -89,27 +103,51 @@ class P1Discretisation:
 
     @property
     def centroids(self) -> np.ndarray:
-        """Centroids of the owned cells, shape (n_cells, 2), local order."""
+        """Centroids of the owned cells, shape (n_cells, d), local order."""
         return self.coordinates[self.cells].mean(axis=1)
+
+    def facet_measures(self, facets: np.ndarray) -> np.ndarray:
+        """Lengths (2-D) or areas (3-D) of boundary facets given as (n, d) local node indices."""
+        p = self.coordinates[facets]
+        if self.dim == 2:
+            return np.linalg.norm(p[:, 1] - p[:, 0], axis=1)
+        return 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+
+
+def simplex_stiffness(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Measures (n,) and P1 stiffness matrices (n, d+1, d+1) of simplices given by points (n, d+1, d)."""
+    d = points.shape[2]
+    jac = np.swapaxes(points[:, 1:] - points[:, :1], 1, 2)  # (n, d, d): columns are edge vectors
+    det = np.linalg.det(jac)
+    inv = np.linalg.inv(jac)  # rows: gradients of barycentric coordinates 1..d
+    ref_grads = np.vstack([-np.ones((1, d)), np.eye(d)])  # (d+1, d)
+    grads = np.einsum("ik,ckd->cid", ref_grads, inv)  # (n, d+1, d)
+    measures = np.abs(det) / math.factorial(d)
+    return measures, measures[:, None, None] * np.einsum("cid,cjd->cij", grads, grads)
+
+
+def facet_mass(d: int) -> np.ndarray:
+    """P1 mass matrix of a (d-1)-simplex of unit measure: (1 + delta_ij) / (d (d+1))."""
+    return (np.ones((d, d)) + np.eye(d)) / (d * (d + 1))
 
 
 def p1_discretisation(tank_mesh: TankMesh) -> P1Discretisation:
-    """Extract this process's node coordinates, owned triangles and electrode edges."""
+    """Extract this process's node coordinates, owned cells and electrode facets (2-D or 3-D)."""
     mesh = tank_mesh.mesh
     V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
     tdim = mesh.topology.dim
     n_owned_cells = mesh.topology.index_map(tdim).size_local
     cells = np.asarray(V.dofmap.list, dtype=np.int64)
-    coords = V.tabulate_dof_coordinates()[:, :2].copy()
+    coords = V.tabulate_dof_coordinates()[:, :tdim].copy()
     imap = V.dofmap.index_map
     n_local = imap.size_local + imap.num_ghosts
     global_nodes = imap.local_to_global(np.arange(n_local, dtype=np.int32)).astype(np.int64)
     mesh.topology.create_connectivity(tdim, 0)
     mesh.topology.create_connectivity(tdim - 1, 0)
-    c_to_v = mesh.topology.connectivity(tdim, 0).array.reshape(-1, 3)
+    c_to_v = mesh.topology.connectivity(tdim, 0).array.reshape(-1, tdim + 1)
     vertex_to_dof = np.empty(c_to_v.max() + 1, dtype=np.int64)
     vertex_to_dof[c_to_v.ravel()] = cells.ravel()  # P1: dof i of a cell sits on its vertex i
-    f_to_v = mesh.topology.connectivity(tdim - 1, 0).array.reshape(-1, 2)
+    f_to_v = mesh.topology.connectivity(tdim - 1, 0).array.reshape(-1, tdim)
     n_owned_facets = mesh.topology.index_map(tdim - 1).size_local
     ft = tank_mesh.facet_tags
     owned = ft.indices < n_owned_facets  # a ghost facet is assembled by its owner
@@ -117,14 +155,7 @@ def p1_discretisation(tank_mesh: TankMesh) -> P1Discretisation:
         vertex_to_dof[f_to_v[ft.indices[owned & (ft.values == l + 1)]]] for l in range(tank_mesh.tank.n_electrodes)
     )
     cells = cells[:n_owned_cells]
-    p = coords[cells]  # (n_cells, 3, 2)
-    jac = np.stack([p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]], axis=2)  # columns are edge vectors
-    det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
-    inv = np.linalg.inv(jac)  # rows: gradients of barycentric coordinates 1 and 2
-    ref_grads = np.array([[-1.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
-    grads = np.einsum("ik,ckd->cid", ref_grads, inv)  # (n_cells, 3, 2)
-    areas = 0.5 * np.abs(det)
-    stiffness = areas[:, None, None] * np.einsum("cid,cjd->cij", grads, grads)
+    areas, stiffness = simplex_stiffness(coords[cells])
     original = np.asarray(mesh.topology.original_cell_index[:n_owned_cells], dtype=np.int64)
     return P1Discretisation(
         coords, cells, areas, stiffness, edges, global_nodes, original,
@@ -142,6 +173,15 @@ def gather_cells(comm: MPI.Comm, cell_original: np.ndarray, values: np.ndarray, 
     out = np.empty((n_global, *values.shape[1:]), dtype=values.dtype)
     out[idx] = np.concatenate(comm.allgather(np.ascontiguousarray(values)))
     return out
+
+
+def _coo_template(comm: MPI.Comm, n_local: int, n_global: int, rows: np.ndarray, cols: np.ndarray) -> PETSc.Mat:
+    """A square AIJ matrix with a fixed COO pattern (global indices); values are set per sigma."""
+    mat = PETSc.Mat().create(comm)
+    mat.setSizes(((n_local, n_global), (n_local, n_global)))
+    mat.setType("aij")
+    mat.setPreallocationCOO(rows.astype(PETSc.IntType), cols.astype(PETSc.IntType))
+    return mat
 
 
 class CEMSystem:
@@ -168,35 +208,46 @@ class CEMSystem:
         z = self.tank.impedances
         g = disc.global_nodes
         cells = g[disc.cells]
-        stiff_rows = np.repeat(cells, 3, axis=1).ravel()
-        stiff_cols = np.tile(cells, (1, 3)).ravel()
-        rows, cols, vals = [], [], []
+        k = cells.shape[1]  # nodes per cell
+        stiff_rows = np.repeat(cells, k, axis=1).ravel()
+        stiff_cols = np.tile(cells, (1, k)).ravel()
+        # Electrode terms: B (node-node, 1/z_l times the facet mass), C (node-electrode) and D.
+        b_rows, b_cols, b_vals, c_rows, c_cols, c_vals = [], [], [], [], [], []
         local_lengths = np.zeros(L)
-        mass = np.array([[2.0, 1.0], [1.0, 2.0]]) / 6.0
+        d = disc.dim
+        mass = facet_mass(d)
         for l, e in enumerate(disc.electrode_edges):
-            h = np.linalg.norm(disc.coordinates[e[:, 0]] - disc.coordinates[e[:, 1]], axis=1)
+            h = disc.facet_measures(e)
             local_lengths[l] = h.sum()
             ge = g[e]
-            rows += [np.repeat(ge, 2, axis=1).ravel(), ge.ravel(), np.full(ge.size, self.n_nodes + l)]
-            cols += [np.tile(ge, (1, 2)).ravel(), np.full(ge.size, self.n_nodes + l), ge.ravel()]
-            c_vals = np.repeat(-h / (2 * z[l]), 2)
-            vals += [(h[:, None, None] * mass / z[l]).ravel(), c_vals, c_vals]
+            b_rows.append(np.repeat(ge, d, axis=1).ravel())
+            b_cols.append(np.tile(ge, (1, d)).ravel())
+            b_vals.append((h[:, None, None] * mass / z[l]).ravel())
+            c_rows.append(ge.ravel())
+            c_cols.append(np.full(ge.size, l))
+            c_vals.append(np.repeat(-h / (d * z[l]), d))  # -int_F phi_i / z_l: each P1 function integrates to |F|/d
+        # electrode_lengths: lengths in 2-D, areas in 3-D (the measure |e_l| of each electrode)
         self.electrode_lengths = self.comm.allreduce(local_lengths, op=MPI.SUM)
+        # D plus the grounding term, scaled like D so it does not hurt the conditioning.
+        c = float(np.mean(self.electrode_lengths / z))
+        self.electrode_block = np.diag(self.electrode_lengths / z) + c * np.ones((L, L))
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+        self._b = (cat(b_rows), cat(b_cols), cat(b_vals))
+        self._c = (cat(c_rows), cat(c_cols), cat(c_vals))
+        self._stiff_pattern = (stiff_rows, stiff_cols)
+        self._stiffness_values = disc.stiffness.reshape(len(cells), -1)
+        rows = [stiff_rows, self._b[0], self._c[0], self._c[1] + self.n_nodes]
+        cols = [stiff_cols, self._b[1], self._c[1] + self.n_nodes, self._c[0]]
+        vals = [self._b[2], self._c[2], self._c[2]]
         if self.comm.rank == 0:
-            # D plus the grounding term, scaled like D so it does not hurt the conditioning.
-            c = float(np.mean(self.electrode_lengths / z))
             er, ec = (a.ravel() + self.n_nodes for a in np.meshgrid(np.arange(L), np.arange(L), indexing="ij"))
             rows.append(er)
             cols.append(ec)
-            vals.append((np.diag(self.electrode_lengths / z) + c * np.ones((L, L))).ravel())
-        self._stiffness_values = disc.stiffness.reshape(-1, 9)
-        self._constant_values = np.concatenate(vals) if vals else np.zeros(0)
-        all_rows = np.concatenate([stiff_rows, *rows]).astype(PETSc.IntType)
-        all_cols = np.concatenate([stiff_cols, *cols]).astype(PETSc.IntType)
-        self._template = PETSc.Mat().create(self.comm)
-        self._template.setSizes(((self.n_local_rows, self.size), (self.n_local_rows, self.size)))
-        self._template.setType("aij")
-        self._template.setPreallocationCOO(all_rows, all_cols)
+            vals.append(self.electrode_block.ravel())
+        self._constant_values = np.concatenate(vals)
+        self._template = _coo_template(self.comm, self.n_local_rows, self.size, np.concatenate(rows),
+                                       np.concatenate(cols))
+        self._node_template: PETSc.Mat | None = None
         self._row_start = self.comm.exscan(self.n_local_rows) or 0
         self.centroids = self.gather_cells(disc.centroids)
         # Ghost updates of solution fields (distributed meshes only): one function space and one
@@ -238,10 +289,64 @@ class CEMSystem:
         mat.destroy()
         return sp.csr_matrix((data, indices, indptr), shape=(self.size, self.size))
 
-    def factorize(self, sigma: np.ndarray) -> CEMFactorization:
-        """Assemble and factorise K(sigma) once; the result solves any number of patterns."""
+    def node_matrix(self, sigma: np.ndarray) -> PETSc.Mat:
+        """The potential block A(sigma) + B (SPD: z_l > 0) as a PETSc matrix, rows the owned nodes."""
         sigma = check_conductivity(sigma, self.n_cells)
-        return CEMFactorization(self, sigma, _CholeskySolver(self.petsc_matrix(sigma)))
+        if self._node_template is None:
+            rows = np.concatenate([self._stiff_pattern[0], self._b[0]])
+            cols = np.concatenate([self._stiff_pattern[1], self._b[1]])
+            self._node_template = _coo_template(self.comm, self.disc.n_owned_nodes, self.n_nodes, rows, cols)
+        values = np.concatenate([(self._stiffness_values * self.local_cells(sigma)[:, None]).ravel(), self._b[2]])
+        mat = self._node_template.duplicate(copy=False)
+        mat.setValuesCOO(values.astype(PETSc.ScalarType), addv=PETSc.InsertMode.INSERT_VALUES)
+        mat.assemble()
+        return mat
+
+    def coupling_columns(self) -> np.ndarray:
+        """The owned rows of the node-electrode block C, dense (n_owned_nodes, L); constant in sigma."""
+        if getattr(self, "_c_local", None) is None:
+            rows, cols, vals = self._c
+            if self.comm.size == 1:
+                out = np.zeros((self.n_nodes, self.n_electrodes))
+                np.add.at(out, (rows, cols), vals)
+            else:  # facets assemble into nodes another process may own: PETSc moves those entries
+                out = np.empty((self.disc.n_owned_nodes, self.n_electrodes))
+                for l in range(self.n_electrodes):
+                    vec = PETSc.Vec().createMPI((self.disc.n_owned_nodes, self.n_nodes), comm=self.comm)
+                    vec.set(0.0)
+                    mine = cols == l
+                    vec.setValues(rows[mine].astype(PETSc.IntType), vals[mine], addv=PETSc.InsertMode.ADD_VALUES)
+                    vec.assemble()
+                    out[:, l] = vec.getArray()
+                    vec.destroy()
+            self._c_local = out
+        return self._c_local
+
+    def choose_solver(self, solver: str = "auto") -> str:
+        """Resolve ``auto`` to ``direct`` or ``iterative`` (see :data:`ITERATIVE_MIN_NODES_3D`)."""
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
+        if solver != "auto":
+            return solver
+        return "iterative" if self.disc.dim == 3 and self.n_nodes >= ITERATIVE_MIN_NODES_3D else "direct"
+
+    def factorize(self, sigma: np.ndarray, solver: str = "auto", rtol: float = ITERATIVE_RTOL) -> CEMFactorization:
+        """Assemble and factorise K(sigma) once; the result solves any number of patterns.
+
+        Parameters
+        ----------
+        sigma : array (n_cells,)
+            Per-cell conductivity, canonical order.
+        solver : {"auto", "direct", "iterative"}
+            MUMPS Cholesky of the whole system, or CG + GAMG on the potential block with the
+            electrode unknowns eliminated (:class:`_SchurCGSolver`); ``auto`` picks by mesh size.
+        rtol : float
+            Relative residual of the CG solves (iterative only).
+        """
+        sigma = check_conductivity(sigma, self.n_cells)
+        if self.choose_solver(solver) == "iterative":
+            return CEMFactorization(self, sigma, _SchurCGSolver(self, sigma, rtol))
+        return CEMFactorization(self, sigma, _CholeskySolver(self.petsc_matrix(sigma), self))
 
     def electrode_rhs(self, values: np.ndarray) -> np.ndarray:
         """This process's rows of the right-hand sides [0; values_p] for values (P, L): (n_local_rows, P)."""
@@ -299,7 +404,8 @@ class _CholeskySolver:
     default mesh, and it runs in parallel on a distributed matrix.
     """
 
-    def __init__(self, matrix: PETSc.Mat):
+    def __init__(self, matrix: PETSc.Mat, system: CEMSystem):
+        self._system = system
         self._mat = matrix
         self._comm = matrix.getComm()
         self._ksp = PETSc.KSP().create(self._comm)
@@ -312,8 +418,13 @@ class _CholeskySolver:
         self._factor = pc.getFactorMatrix()
         # Approximate minimum fill ordering: 3x faster analysis+factorisation than MUMPS' automatic
         # choice on these 2-D meshes, serial and on 2 processes, with the same or less fill.
-        self._factor.setMumpsIcntl(7, 2)
+        # On 3-D meshes nested dissection (METIS) fills much less.
+        self._factor.setMumpsIcntl(7, 5 if system.disc.dim == 3 else 2)
         self._ksp.setUp()
+
+    def solve_electrode(self, values: np.ndarray) -> np.ndarray:
+        """This process's rows (n_local_rows, P) of K^{-1} [0; values_p] for values (P, L)."""
+        return self.solve(self._system.electrode_rhs(values))
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """Solve K X = rhs for this process's rows of rhs (n_local_rows, P); returns the same rows of X."""
@@ -339,6 +450,63 @@ class _CholeskySolver:
                 getattr(self, obj).destroy()
 
 
+class _SchurCGSolver:
+    """CG + algebraic multigrid (PETSc GAMG) on the potential block, the electrodes eliminated.
+
+    With ``A' = A(sigma) + B`` (SPD, where multigrid works: a scalar elliptic operator) and the
+    sigma-independent coupling C and electrode block D', the L unit-electrode problems are
+
+        W = -A'^{-1} C   (L CG solves, one GAMG set-up),   S = D' + C^T W   (L x L),
+
+    and the solution for the right-hand side [0; v] is U = S^{-1} v, u = W U. Everything the
+    forward model and its adjoints need is a combination of these L fields, so the L solves are
+    done once per conductivity (the same count as the direct path's back-substitutions).
+    """
+
+    def __init__(self, system: CEMSystem, sigma: np.ndarray, rtol: float):
+        self._system = system
+        comm = system.comm
+        A = system.node_matrix(sigma)
+        A.setOption(PETSc.Mat.Option.SPD, True)
+        ksp = PETSc.KSP().create(comm)
+        ksp.setOperators(A)
+        ksp.setType("cg")
+        ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)  # rtol on the true residual
+        ksp.setTolerances(rtol=rtol, atol=0.0, max_it=2000)
+        pc = ksp.getPC()
+        pc.setType("gamg")
+        ksp.setFromOptions()
+        ksp.setUp()
+        C = system.coupling_columns()  # (n_owned, L)
+        L = system.n_electrodes
+        W = np.empty_like(C)
+        b, x = A.createVecs()
+        self.iterations = []
+        for l in range(L):
+            b.array[:] = -C[:, l]
+            x.set(0.0)
+            ksp.solve(b, x)
+            if ksp.getConvergedReason() <= 0:
+                raise RuntimeError(f"CG did not converge for electrode {l + 1}: reason {ksp.getConvergedReason()}, "
+                                   f"{ksp.getIterationNumber()} iterations")
+            self.iterations.append(ksp.getIterationNumber())
+            W[:, l] = x.array
+        S = system.electrode_block + comm.allreduce(C.T @ W, op=MPI.SUM)
+        self._S_inv = np.linalg.inv(0.5 * (S + S.T))
+        self._W = W
+        for obj in (ksp, A, b, x):
+            obj.destroy()
+
+    def solve_electrode(self, values: np.ndarray) -> np.ndarray:
+        """This process's rows (n_local_rows, P) of K^{-1} [0; values_p] for values (P, L)."""
+        values = np.asarray(values, dtype=float)
+        U = self._S_inv @ values.T  # (L, P)
+        rows = self._W @ U
+        if self._system.n_local_rows > self._system.disc.n_owned_nodes:  # the last process owns U
+            rows = np.vstack([rows, U])
+        return rows
+
+
 class CEMFactorization:
     """K(sigma) factorised once; forward solves, vector-Jacobian products and Jacobians reuse it.
 
@@ -355,7 +523,10 @@ class CEMFactorization:
         self._units: tuple[np.ndarray, np.ndarray] | None = None
 
     def _direct(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.system.split_solution(self._solver.solve(self.system.electrode_rhs(values)))
+        values = np.asarray(values, dtype=float)
+        if values.ndim != 2 or values.shape[1] != self.system.n_electrodes:
+            raise ValueError(f"electrode values must have shape (P, {self.system.n_electrodes}), got {values.shape}")
+        return self.system.split_solution(self._solver.solve_electrode(values))
 
     def unit_solutions(self) -> tuple[np.ndarray, np.ndarray]:
         """Node fields (L, n_local_nodes) and electrode potentials (L, L) for the unit right-hand sides."""

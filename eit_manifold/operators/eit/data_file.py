@@ -14,22 +14,24 @@ key                        shape       meaning
 ``electrode_width``        (L,)        arc length of each electrode
 ``contact_impedance``      (L,)        contact impedance of each electrode
 ``radius``                 ()          tank radius
-``noise_level``            ()          relative noise level eta (see ``add_noise``)
+``noise_level``            ()          relative noise level eta (``RelativeNoise``)
 ``conductivity``           (n_cells,)  true per-cell conductivity (optional)
 ``conductivity_image``     (H, W)      true conductivity image, NaN outside (optional)
 ``phantom``                ()          JSON description of the phantom (optional)
+``tank3d``                 ()          JSON of the 3-D cylinder (3-D files only, optional)
 =========================  ==========  ====================================================
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from eit_manifold.io import save_npz_atomic
 from eit_manifold.operators.eit.geometry import Tank
+from eit_manifold.validation import InputError, check_input_file, numeric_array
 
 REQUIRED_KEYS = (
     "currents",
@@ -82,77 +84,92 @@ class MeasurementData:
         )
 
 
-def relative_noise_std(data: np.ndarray, level: float) -> np.ndarray:
-    """Noise std of every datum (shape of ``data``, (P, M)): ``level * rms(data_p)`` per pattern.
-
-    ``rms(d_p) = ||d_p|| / sqrt(M)``, so noise of this std has ``||noise_p|| / ||d_p||`` about ``level``.
-    """
-    if not (np.isfinite(level) and level >= 0):
-        raise ValueError(f"noise level must be a non-negative number, got {level!r}")
-    rms = np.sqrt(np.mean(data**2, axis=1, keepdims=True))
-    return np.broadcast_to(level * rms, data.shape)
-
-
-def add_noise(clean: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
-    """Add Gaussian noise relative to each pattern's root-mean-square value.
-
-    ``d_pm = clean_pm + level * rms(clean_p) * N(0, 1)`` (see :func:`relative_noise_std`).
-    """
-    return clean + relative_noise_std(clean, level) * rng.standard_normal(clean.shape)
-
-
 def write_measurements(path: str | Path, data: MeasurementData) -> None:
     """Write a measurement file atomically (and validate it first)."""
-    _validate(data, str(path))
+    data = _validate(data, str(path))
     arrays = {k: getattr(data, k) for k in REQUIRED_KEYS}
     arrays.update(data.extras)
     save_npz_atomic(path, **arrays)
 
 
+#: Largest electrode count, pattern count and measurements per pattern a file may declare (bounds
+#: the operator built from it before any allocation).
+MAX_ELECTRODES = 1024
+MAX_PATTERNS = 100_000
+
+
 def read_measurements(path: str | Path) -> MeasurementData:
-    """Read and validate a measurement file; errors name the missing or inconsistent key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"measurement file not found: {path}")
+    """Read and validate a measurement file; errors name the file, the key and the value.
+
+    Every required key is checked for dtype (real numbers), shape, finiteness and range
+    (positive radius, widths and contact impedances; ``noise_level`` >= 0 or NaN for "unknown";
+    currents of each pattern summing to zero); the optional truth keys for their shapes.
+    """
+    path = check_input_file(path, "measurement file")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as exc:
-        raise ValueError(f"cannot read measurement file {path}: {exc}") from exc
+        raise InputError(f"cannot read measurement file {path}: {' '.join(str(exc).split())}") from exc
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
     if missing:
-        raise ValueError(f"measurement file {path} lacks key(s) {', '.join(missing)}")
-    data = MeasurementData(
-        **{k: arrays.pop(k) for k in REQUIRED_KEYS[:7]},
-        radius=float(arrays.pop("radius")),
-        noise_level=float(arrays.pop("noise_level")),
-        extras=arrays,
-    )
-    _validate(data, str(path))
-    return data
+        raise InputError(f"measurement file {path} lacks key(s) {', '.join(missing)}")
+    where = f"measurement file {path}"
+    scalars = {}
+    for key in ("radius", "noise_level"):
+        if np.ndim(arrays[key]) != 0:
+            raise InputError(f"{where}: key '{key}' must be a scalar, got shape {np.shape(arrays[key])}")
+        scalars[key] = float(numeric_array(arrays.pop(key), f"{where}: key '{key}'", finite=False))
+    data = MeasurementData(**{k: arrays.pop(k) for k in REQUIRED_KEYS[:7]}, **scalars, extras=arrays)
+    return _validate(data, str(path))
 
 
-def _validate(d: MeasurementData, source: str) -> None:
-    def fail(key: str, msg: str) -> None:
-        raise ValueError(f"measurement file {source}: key '{key}' {msg}")
+def _validate(d: MeasurementData, source: str) -> MeasurementData:
+    """Check every field of ``d`` (see :func:`read_measurements`); return it with float64 arrays."""
+    where = f"measurement file {source}"
 
-    L = np.asarray(d.electrode_angles).shape[0] if np.ndim(d.electrode_angles) == 1 else fail(
-        "electrode_angles", f"must be a vector, got shape {np.shape(d.electrode_angles)}"
-    )
-    for key in ("electrode_width", "contact_impedance"):
-        if np.shape(getattr(d, key)) != (L,):
-            fail(key, f"must have shape ({L},) like electrode_angles, got {np.shape(getattr(d, key))}")
-    if np.ndim(d.currents) != 2 or np.shape(d.currents)[1] != L:
-        fail("currents", f"must have shape (P, {L}), got {np.shape(d.currents)}")
-    P = d.currents.shape[0]
-    if np.shape(d.electrode_potentials) != (P, L):
-        fail("electrode_potentials", f"must have shape ({P}, {L}), got {np.shape(d.electrode_potentials)}")
-    if np.ndim(d.measurement_matrix) != 2 or np.shape(d.measurement_matrix)[1] != L:
-        fail("measurement_matrix", f"must have shape (M, {L}), got {np.shape(d.measurement_matrix)}")
-    M = d.measurement_matrix.shape[0]
-    if np.shape(d.measurements) != (P, M):
-        fail("measurements", f"must have shape ({P}, {M}) (patterns x measurements), got {np.shape(d.measurements)}")
-    if not np.all(np.isfinite(d.measurements)):
-        fail("measurements", "contains non-finite values")
-    if not (np.isfinite(d.radius) and d.radius > 0):
-        fail("radius", f"must be positive, got {d.radius}")
+    def key(name: str) -> str:
+        return f"{where}: key '{name}'"
+
+    angles = numeric_array(d.electrode_angles, key("electrode_angles"), ndim=1)
+    L = angles.shape[0]
+    if not 2 <= L <= MAX_ELECTRODES:
+        raise InputError(f"{key('electrode_angles')} must list 2..{MAX_ELECTRODES} electrodes, got {L}")
+    width = numeric_array(d.electrode_width, key("electrode_width"), shape=(L,))
+    z = numeric_array(d.contact_impedance, key("contact_impedance"), shape=(L,))
+    for name, values in (("electrode_width", width), ("contact_impedance", z)):
+        if np.any(values <= 0):
+            raise InputError(f"{key(name)} must be positive, got {values.min():g}")
+    currents = numeric_array(d.currents, key("currents"), ndim=2)
+    if currents.shape[1] != L or not 1 <= currents.shape[0] <= MAX_PATTERNS:
+        raise InputError(f"{key('currents')} must have shape (P, {L}) with 1 <= P <= {MAX_PATTERNS}, "
+                         f"got {currents.shape}")
+    P = currents.shape[0]
+    scale = np.abs(currents).max(axis=1)
+    if np.any(scale == 0):
+        raise InputError(f"{key('currents')}: pattern {int(np.argmin(scale)) + 1} injects no current")
+    imbalance = np.abs(currents.sum(axis=1)) / scale
+    if np.any(imbalance > 1e-8):
+        p = int(np.argmax(imbalance))
+        raise InputError(f"{key('currents')}: pattern {p + 1} does not sum to zero (sum {currents[p].sum():g}); "
+                         "injected currents must be balanced")
+    potentials = numeric_array(d.electrode_potentials, key("electrode_potentials"), shape=(P, L), allow_nan=True)
+    matrix = numeric_array(d.measurement_matrix, key("measurement_matrix"), ndim=2)
+    if matrix.shape[1] != L or not 1 <= matrix.shape[0] <= MAX_PATTERNS:
+        raise InputError(f"{key('measurement_matrix')} must have shape (M, {L}), got {matrix.shape}")
+    M = matrix.shape[0]
+    measurements = numeric_array(d.measurements, key("measurements"), shape=(P, M))
+    radius = d.radius
+    if not (np.isfinite(radius) and radius > 0):
+        raise InputError(f"{key('radius')} must be a positive number, got {radius!r}")
+    noise = d.noise_level
+    if not (np.isnan(noise) or (np.isfinite(noise) and noise >= 0)):
+        raise InputError(f"{key('noise_level')} must be a relative noise level >= 0 (or NaN: unknown), got {noise!r}")
+    for name, shape in (("measurements_clean", (P, M)), ("conductivity_image", (None, None))):
+        if name in d.extras:
+            numeric_array(d.extras[name], key(name), shape=shape, allow_nan=name == "conductivity_image")
+    if "conductivity" in d.extras:
+        numeric_array(d.extras["conductivity"], key("conductivity"), ndim=1)
+    return replace(d, currents=currents, electrode_potentials=potentials, measurements=measurements,
+                   measurement_matrix=matrix, electrode_angles=angles, electrode_width=width, contact_impedance=z,
+                   radius=float(radius), noise_level=float(noise))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import dolfinx
 import dolfinx.io
 import numpy as np
 
-from eit_manifold.io import umask_mode
+from eit_manifold.io import check_output_file, make_temp_dir, umask_mode
 from eit_manifold.operators.eit.mesh import TankMesh
 
 
@@ -42,8 +41,9 @@ def export_xdmf(
     # then move both files into place. The folder is made inside the destination directory so that
     # the move never crosses a filesystem (a $TMPDIR on a tmpfs, a container's mounted volume).
     if comm.rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.stem}."))
+        check_output_file(path)
+        check_output_file(path.with_suffix(".h5"))
+        tmpdir = make_temp_dir(path.parent, path.stem)
     else:
         tmpdir = None
     tmpdir = Path(comm.bcast(str(tmpdir) if tmpdir else None, root=0))
@@ -51,7 +51,8 @@ def export_xdmf(
         tmp = tmpdir / path.name
         with dolfinx.io.XDMFFile(comm, str(tmp), "w") as xdmf:
             xdmf.write_mesh(mesh)
-            mesh.topology.create_connectivity(1, 2)
+            tdim = mesh.topology.dim
+            mesh.topology.create_connectivity(tdim - 1, tdim)
             xdmf.write_meshtags(tank_mesh.facet_tags, mesh.geometry)
             original = np.asarray(mesh.topology.original_cell_index, dtype=np.int64)
             for name, values in (cell_fields or {}).items():
@@ -66,6 +67,7 @@ def export_xdmf(
         if comm.rank == 0:
             mode = umask_mode()
             for f in tmpdir.iterdir():
+                check_output_file(path.parent / f.name)
                 os.chmod(f, mode)
                 os.replace(f, path.parent / f.name)
     finally:

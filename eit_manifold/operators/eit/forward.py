@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from mpi4py import MPI
 
 from eit_manifold.operators.eit.cem import CEMFactorization, CEMSolution, CEMSystem
 from eit_manifold.operators.eit.mesh import TankMesh
 from eit_manifold.operators.eit.patterns import injection_patterns, measurement_matrix
-from eit_manifold.operators.eit.pixels import pixel_to_cell_matrix
+from eit_manifold.operators.eit.pixels import pixel_to_cell_matrix, voxel_to_cell_matrix
 
 
 @dataclass
@@ -40,6 +41,8 @@ class CEMForwardModel:
         Measurement matrix, see :func:`~eit_manifold.operators.eit.patterns.measurement_matrix`.
     amplitude : float
         Injected current of the named patterns.
+    solver : {"auto", "direct", "iterative"}
+        Linear solver of every forward solve (see :meth:`CEMSystem.factorize`).
     """
 
     def __init__(
@@ -48,10 +51,12 @@ class CEMForwardModel:
         injection: str | np.ndarray = "adjacent",
         measurement: str | np.ndarray = "adjacent",
         amplitude: float = 1.0,
+        solver: str = "auto",
     ):
         self.tank_mesh = tank_mesh
         self.tank = tank_mesh.tank
         self.system = CEMSystem(tank_mesh)
+        self.solver = self.system.choose_solver(solver)
         L = self.tank.n_electrodes
         self.currents = injection_patterns(injection, L, amplitude)
         self.measurement_matrix = measurement_matrix(measurement, L)
@@ -68,28 +73,45 @@ class CEMForwardModel:
 
     @property
     def centroids(self) -> np.ndarray:
-        """Cell centroids (n_cells, 2) in the canonical cell order."""
+        """Cell centroids (n_cells, d) in the canonical cell order."""
         return self.system.centroids
 
     def cell_vertices(self) -> np.ndarray:
-        """Vertex coordinates of every cell, (n_cells, 3, 2), canonical order (for plots)."""
+        """Vertex coordinates of every cell, (n_cells, d+1, d), canonical order (for plots)."""
         d = self.system.disc
         return self.system.gather_cells(d.coordinates[d.cells])
 
-    def pixel_map(self, image_shape: tuple[int, int]) -> sp.csr_matrix:
-        """The (cached) pixel -> cell matrix (n_cells, H*W) for images on [-R, R]^2, canonical rows."""
-        key = (int(image_shape[0]), int(image_shape[1]))
+    @property
+    def z_range(self) -> tuple[float, float]:
+        """Vertical extent (z_min, z_max) of a 3-D mesh: the height the voxel grids cover."""
+        z = self.system.disc.coordinates[:, 2]
+        comm = self.system.comm
+        return (comm.allreduce(float(z.min()), op=MPI.MIN), comm.allreduce(float(z.max()), op=MPI.MAX))
+
+    def pixel_map(self, image_shape: tuple[int, ...]) -> sp.csr_matrix:
+        """The (cached) pixel -> cell matrix (n_cells, H*W) for images on [-R, R]^2, canonical rows.
+
+        On a 3-D mesh ``image_shape`` is a voxel grid (D, H, W) over [-R, R]^2 x :attr:`z_range`
+        (:func:`~eit_manifold.operators.eit.pixels.voxel_to_cell_matrix`).
+        """
+        key = tuple(int(v) for v in image_shape)
+        d = self.system.disc
+        if len(key) != d.dim:
+            raise ValueError(f"a {d.dim}-D mesh takes {'(H, W) images' if d.dim == 2 else '(D, H, W) voxel grids'}, "
+                             f"got shape {key}")
         if key not in self._pixel_maps:
-            d = self.system.disc
-            local = pixel_to_cell_matrix(d.coordinates, d.cells, key, self.tank.radius).tocoo()
+            if d.dim == 3:
+                local = voxel_to_cell_matrix(d.coordinates, d.cells, key, self.tank.radius, self.z_range).tocoo()
+            else:
+                local = pixel_to_cell_matrix(d.coordinates, d.cells, key, self.tank.radius).tocoo()
             parts = self.system.comm.allgather((d.cell_original[local.row], local.col, local.data))
             rows, cols, vals = (np.concatenate(a) for a in zip(*parts, strict=True))
-            self._pixel_maps[key] = sp.csr_matrix((vals, (rows, cols)), shape=(self.n_cells, key[0] * key[1]))
+            self._pixel_maps[key] = sp.csr_matrix((vals, (rows, cols)), shape=(self.n_cells, int(np.prod(key))))
         return self._pixel_maps[key]
 
     def solve(self, sigma: np.ndarray) -> ForwardResult:
         """Factorise K(sigma) and solve all patterns in one multi-right-hand-side solve."""
-        fac = self.system.factorize(sigma)
+        fac = self.system.factorize(sigma, self.solver)
         sol = fac.solve(self.currents)
         return ForwardResult(sol.electrode_potentials @ self.measurement_matrix.T, sol, fac)
 

@@ -64,11 +64,15 @@ MESH_PRESETS: dict[str, MeshOptions] = {
 }
 
 
-def preset_options(name: str, radius: float = 1.0) -> MeshOptions:
-    """The named mesh preset (``coarse``, ``default``, ``fine``) scaled to a tank of ``radius``."""
-    if name not in MESH_PRESETS:
-        raise ValueError(f"unknown mesh preset {name!r}: choose one of {', '.join(MESH_PRESETS)}")
-    o = MESH_PRESETS[name]
+def preset_options(name: str, radius: float = 1.0, presets: dict[str, MeshOptions] | None = None) -> MeshOptions:
+    """The named mesh preset (``coarse``, ``default``, ``fine``) scaled to a tank of ``radius``.
+
+    ``presets``: the table to look in (default: the 2-D :data:`MESH_PRESETS`).
+    """
+    presets = MESH_PRESETS if presets is None else presets
+    if name not in presets:
+        raise ValueError(f"unknown mesh preset {name!r}: choose one of {', '.join(presets)}")
+    o = presets[name]
     return MeshOptions(o.mesh_size * radius, o.refinement, o.grading_radius, o.uniform_refinements)
 
 
@@ -89,7 +93,7 @@ class TankMesh:
     @property
     def n_cells(self) -> int:
         """Global number of cells."""
-        return self.mesh.topology.index_map(2).size_global
+        return self.mesh.topology.index_map(self.mesh.topology.dim).size_global
 
     @property
     def n_nodes(self) -> int:
@@ -107,8 +111,12 @@ def _boundary_breakpoints(tank: Tank) -> list[tuple[float, int]]:
     return pts
 
 
-def _build_gmsh_model(tank: Tank, options: MeshOptions) -> None:
-    """Create the 2-D gmsh model of the tank in the current gmsh session."""
+def _build_gmsh_model(tank: Tank, options: MeshOptions, generate: bool = True) -> int:
+    """Create the 2-D gmsh model of the tank in the current gmsh session; return the surface tag.
+
+    With ``generate=False`` only the geometry, its physical groups and the size field are set up
+    (the 3-D tank extrudes this cross-section).
+    """
     import gmsh
 
     R = tank.radius
@@ -140,9 +148,25 @@ def _build_gmsh_model(tank: Tank, options: MeshOptions) -> None:
         name = "gaps" if tag == GAP_TAG else f"electrode_{tag}"
         gmsh.model.addPhysicalGroup(1, curves, tag, name=name)
     # Grade the mesh towards the electrode end points.
+    grade_towards("PointsList", [points[i] for i in end_point_indices], options)
+    if generate:
+        gmsh.model.mesh.generate(2)
+        for _ in range(options.uniform_refinements):
+            gmsh.model.mesh.refine()
+    return surface
+
+
+def grade_towards(kind: str, tags: list[int], options: MeshOptions, sampling: int | None = None) -> None:
+    """Background size field: ``h / refinement`` at the given entities (``PointsList`` or
+    ``CurvesList``), growing linearly to ``h`` at ``grading_radius * h`` (gmsh Distance + Threshold)."""
+    import gmsh
+
+    h = options.mesh_size
     field = gmsh.model.mesh.field
     dist = field.add("Distance")
-    field.setNumbers(dist, "PointsList", [points[i] for i in end_point_indices])
+    field.setNumbers(dist, kind, tags)
+    if sampling is not None:
+        field.setNumber(dist, "Sampling", sampling)
     thr = field.add("Threshold")
     field.setNumber(thr, "InField", dist)
     field.setNumber(thr, "SizeMin", h / options.refinement)
@@ -154,9 +178,6 @@ def _build_gmsh_model(tank: Tank, options: MeshOptions) -> None:
     gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
     gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
     gmsh.option.setNumber("Mesh.Algorithm", 6)  # Frontal-Delaunay: good quality with size fields
-    gmsh.model.mesh.generate(2)
-    for _ in range(options.uniform_refinements):
-        gmsh.model.mesh.refine()
 
 
 def _gmsh_session():
@@ -214,12 +235,18 @@ def create_tank_mesh(
         Write ``msh_file`` in gmsh's binary format (``Mesh.Binary``) rather than text.
     """
     options = options or MeshOptions()
-    gmsh = None
-    if comm.rank == 0:
-        gmsh = _gmsh_session()
+    source = f"<generated h={options.mesh_size:g}, refinement={options.refinement:g}>"
+    return generate_mesh(lambda: _build_gmsh_model(tank, options), tank, comm, 2, source, msh_file, binary)
+
+
+def generate_mesh(build, tank, comm: MPI.Comm, gdim: int, source: str, msh_file: str | Path | None = None,
+                  binary: bool = False) -> TankMesh:
+    """Run ``build()`` (a gmsh model, meshed) on rank 0, write it to ``msh_file`` if given
+    (atomically), distribute it over ``comm`` and check the electrode tags (2-D and 3-D)."""
+    gmsh = _gmsh_session() if comm.rank == 0 else None
     try:
         if comm.rank == 0:
-            _build_gmsh_model(tank, options)
+            build()
             if msh_file is not None:
                 from eit_manifold.io import atomic_path
 
@@ -228,13 +255,30 @@ def create_tank_mesh(
                     gmsh.write(str(tmp))
         import gmsh as gmsh_module
 
-        data = dolfinx_gmsh.model_to_mesh(gmsh_module.model, comm, 0, gdim=2)
+        data = dolfinx_gmsh.model_to_mesh(gmsh_module.model, comm, 0, gdim=gdim)
     finally:
         if gmsh is not None:
             gmsh.finalize()
-    source = f"<generated h={options.mesh_size:g}, refinement={options.refinement:g}>"
     _check_tags(data.facet_tags, tank, source, comm)
     return TankMesh(data.mesh, data.facet_tags, tank, source)
+
+
+def read_msh(path: Path, comm: MPI.Comm, dim: int, kind: str):
+    """Read a ``.msh`` file with dolfinx (rank 0 reads, all receive); one-line errors for a missing
+    or unreadable file and for a mesh that is not ``dim``-dimensional (``kind`` names it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"mesh file not found: {path}")
+    try:
+        data = dolfinx_gmsh.read_from_msh(path, comm, 0, gdim=dim)
+    except Exception as exc:  # gmsh raises bare Exceptions for unreadable files
+        import gmsh
+
+        if gmsh.isInitialized():  # read_from_msh does not finalize when merge fails
+            gmsh.finalize()
+        raise ValueError(f"cannot read mesh file {path}: {exc}") from exc
+    if data.mesh.topology.dim != dim:
+        raise ValueError(f"mesh file {path} is not a {kind} mesh (dimension {data.mesh.topology.dim})")
+    return data
 
 
 def load_tank_mesh(path: str | Path, tank: Tank, comm: MPI.Comm = MPI.COMM_WORLD) -> TankMesh:
@@ -248,24 +292,29 @@ def load_tank_mesh(path: str | Path, tank: Tank, comm: MPI.Comm = MPI.COMM_WORLD
         If the file cannot be read as a mesh, or lacks electrode tags for ``tank``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mesh file not found: {path}")
-    try:
-        data = dolfinx_gmsh.read_from_msh(path, comm, 0, gdim=2)
-    except Exception as exc:  # gmsh raises bare Exceptions for unreadable files
-        import gmsh
-
-        if gmsh.isInitialized():  # read_from_msh does not finalize when merge fails
-            gmsh.finalize()
-        raise ValueError(f"cannot read mesh file {path}: {exc}") from exc
-    if data.mesh.topology.dim != 2:
-        raise ValueError(f"mesh file {path} is not a 2-D triangle mesh")
+    data = read_msh(path, comm, 2, "2-D triangle")
     radii = np.linalg.norm(data.mesh.geometry.x[:, :2], axis=1)
     r_max = comm.allreduce(float(radii.max()) if radii.size else 0.0, op=MPI.MAX)
     if not math.isclose(r_max, tank.radius, rel_tol=1e-3):
         raise ValueError(f"mesh file {path} has radius {r_max:g}, but the tank's radius is {tank.radius:g}")
     _check_tags(data.facet_tags, tank, str(path), comm)
     return TankMesh(data.mesh, data.facet_tags, tank, str(path))
+
+
+def check_mesh_option(mesh: str | None, mesh_size: float | None, radius: float | None = None) -> None:
+    """Check ``--mesh`` / ``--mesh-size`` before any meshing: a preset or an existing file, not both,
+    and (given the tank's ``radius``) an element size in [R/500, R] (smaller would mean millions of
+    cells)."""
+    from eit_manifold.validation import InputError, check_float, check_input_file
+
+    if mesh is not None and mesh_size is not None:
+        raise InputError(f"give either --mesh ({mesh}) or --mesh-size ({mesh_size}), not both")
+    if mesh is not None and mesh not in MESH_PRESETS:
+        check_input_file(mesh, "mesh file")
+    if mesh_size is not None:
+        check_float("--mesh-size", mesh_size, 0.0, lo_open=True)
+        if radius is not None:
+            check_float("--mesh-size", mesh_size, radius / 500, radius)
 
 
 def tank_mesh(
@@ -287,14 +336,29 @@ def tank_mesh(
         Element size away from the electrodes; overrides the preset's size (grading kept).
     comm : MPI.Comm
         Communicator to distribute the mesh over.
+
+    A :class:`~eit_manifold.operators.eit3d.geometry.CylinderTank` gets the 3-D meshes
+    (:func:`~eit_manifold.operators.eit3d.mesh.tank_mesh_3d`, the same arguments).
     """
+    from eit_manifold.operators.eit3d.geometry import CylinderTank
+
+    if isinstance(tank, CylinderTank):
+        from eit_manifold.operators.eit3d.mesh import tank_mesh_3d
+
+        return tank_mesh_3d(tank, mesh, mesh_size, comm)
+    return resolve_mesh(tank, mesh, mesh_size, comm, MESH_PRESETS, create_tank_mesh, load_tank_mesh)
+
+
+def resolve_mesh(tank, mesh, mesh_size, comm, presets: dict[str, MeshOptions], create, load) -> TankMesh:
+    """Options, a preset name (``None``: ``default``, with ``mesh_size`` overriding its size) or a
+    mesh file, made into a :class:`TankMesh` by ``create(tank, options, comm)`` or ``load(path, tank, comm)``."""
     if isinstance(mesh, MeshOptions):
-        return create_tank_mesh(tank, mesh, comm)
-    if mesh is None or (isinstance(mesh, str) and mesh in MESH_PRESETS):
-        options = preset_options(mesh or "default", tank.radius)
+        return create(tank, mesh, comm)
+    if mesh is None or (isinstance(mesh, str) and mesh in presets):
+        options = preset_options(mesh or "default", tank.radius, presets)
         if mesh_size is not None:
             options = MeshOptions(mesh_size, options.refinement, options.grading_radius)
-        return create_tank_mesh(tank, options, comm)
+        return create(tank, options, comm)
     if mesh_size is not None:
         raise ValueError(f"give either a mesh file ({mesh}) or a mesh size ({mesh_size}), not both")
-    return load_tank_mesh(mesh, tank, comm)
+    return load(mesh, tank, comm)

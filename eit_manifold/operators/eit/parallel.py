@@ -26,17 +26,35 @@ def share(n_items: int, comm: MPI.Comm) -> range:
     return range(start, start + base + (1 if comm.rank < extra else 0))
 
 
+# Errors a user can cause (bad input): re-raised on every process as one collective error.
+_USER_ERRORS = (ValueError, KeyError, OSError)
+
+
 def allgather_checked[R](comm: MPI.Comm, local: R | None, error: BaseException | None) -> list[R]:
-    """Gather one value per process on every process; re-raise the first error of any process."""
+    """Gather one value per process on every process; re-raise the first error of any process.
+
+    A user error (``ValueError``, ``KeyError``, ``OSError``) becomes an
+    :class:`~eit_manifold.validation.InputError` with ``collective = True`` on every process (the
+    CLI prints it once); any other error is re-raised where it happened and as
+    :class:`RemoteError` elsewhere.
+    """
+    from eit_manifold.validation import InputError, one_line
+
     message = None
     if error is not None:
-        message = f"rank {comm.rank}: {type(error).__name__}: {error}"
+        user = isinstance(error, _USER_ERRORS)
+        message = (user, f"rank {comm.rank}: {one_line(error) if user else f'{type(error).__name__}: {error}'}")
     gathered = comm.allgather((local, message))
     for _, msg in gathered:
         if msg is not None:
+            user, text = msg
+            if user:
+                exc = InputError(text)
+                exc.collective = True
+                raise exc from error
             if error is not None:
                 raise error
-            raise RemoteError(msg)
+            raise RemoteError(text)
     return [value for value, _ in gathered]
 
 
@@ -65,7 +83,8 @@ def spmd_map[T, R](fn: Callable[[T], R], items: Sequence[T], comm: MPI.Comm) -> 
         mine = [fn(items[i]) for i in share(len(items), comm)]
     except Exception as exc:  # noqa: BLE001  (every error must reach the other processes)
         error = exc
-        traceback.print_exc()
+        if not isinstance(exc, _USER_ERRORS):  # a bug: keep its traceback
+            traceback.print_exc()
     parts = allgather_checked(comm, mine, error)
     return [r for part in parts for r in part]
 

@@ -77,26 +77,6 @@ def default_disks(radius: float, background: float = 1.0) -> list[Ellipse]:
     ]
 
 
-def image_to_conductivity(image: np.ndarray, sigma_min: float, sigma_max: float) -> np.ndarray:
-    """Map image values x in [0, 1] to sigma = sigma_min + (sigma_max - sigma_min) x.
-
-    Raises
-    ------
-    ValueError
-        If the image has values outside [0, 1] or non-finite values, or sigma_min is not in
-        (0, sigma_max).
-    """
-    image = np.asarray(image, dtype=float)
-    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if not np.all(np.isfinite(image)):
-        raise ValueError("image contains non-finite values")
-    lo, hi = float(image.min()), float(image.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(f"image values must lie in [0, 1], got range [{lo:g}, {hi:g}]")
-    return sigma_min + (sigma_max - sigma_min) * image
-
-
 def random_inclusions(kind: str, rng: np.random.Generator, radius: float = 1.0,
                       low: float = 0.36, high: float = 1.64) -> list[Ellipse]:
     """Phantoms outside the ``balls`` family, drawn from ``rng``.

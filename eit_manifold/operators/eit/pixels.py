@@ -69,3 +69,58 @@ def pixel_to_cell_matrix(
     P.sum_duplicates()
     return P
 
+
+
+def _subtetrahedron_barycentrics(m: int) -> np.ndarray:
+    """Barycentric points (k, 4) on a regular lattice inside a tetrahedron, equal weights.
+
+    The centroids of the m^3-subdivision's corner sub-tetrahedra: (n + 1/4) / m with n >= 0 and
+    sum(n) = m - 1. Not exactly equal volumes (the octahedra are left out) but symmetric, inside
+    the cell and exact for constants: the quadrature of the area-weighted mean.
+    """
+    pts = [(a, b, c, m - 1 - a - b - c) for a in range(m) for b in range(m - a) for c in range(m - a - b)]
+    return (np.array(pts, dtype=float) + 0.25) / m
+
+
+def voxel_to_cell_matrix(
+    coordinates: np.ndarray,
+    cells: np.ndarray,
+    grid_shape: tuple[int, int, int],
+    radius: float,
+    z_range: tuple[float, float],
+) -> sp.csr_matrix:
+    """Sparse map (n_cells, D*H*W) from a voxel grid to tetrahedron means (the 3-D pixel map).
+
+    The grid covers [-radius, radius]^2 x [z_min, z_max]; voxel (k, i, j) is layer k from the
+    bottom, and in each layer row 0 is the top (y = +R), column 0 the left (x = -R), as in 2-D.
+    Rows sum to 1.
+    """
+    D, H, W = (int(v) for v in grid_shape)
+    if min(D, H, W) < 1:
+        raise ValueError(f"voxel grid shape must be three positive integers, got {grid_shape}")
+    z0, z1 = (float(v) for v in z_range)
+    if not z1 > z0:
+        raise ValueError(f"voxel grid needs z_max > z_min, got {z_range}")
+    tet = coordinates[cells]  # (n_cells, 4, 3)
+    diam = np.max(np.linalg.norm(tet[:, :, None] - tet[:, None], axis=3))
+    voxel = min(2 * radius / max(H, W), (z1 - z0) / D)
+    m = int(min(4, max(1, math.ceil(2 * diam / voxel))))  # at most 20 points per cell: memory
+    lam = _subtetrahedron_barycentrics(m)
+    pts = np.einsum("kv,cvd->ckd", lam, tet)
+    col = np.clip(np.floor((pts[..., 0] + radius) / (2 * radius) * W), 0, W - 1).astype(np.int64)
+    row = np.clip(np.floor((radius - pts[..., 1]) / (2 * radius) * H), 0, H - 1).astype(np.int64)
+    lay = np.clip(np.floor((pts[..., 2] - z0) / (z1 - z0) * D), 0, D - 1).astype(np.int64)
+    n_cells, k = pts.shape[:2]
+    cell_idx = np.repeat(np.arange(n_cells), k)
+    P = sp.csr_matrix((np.full(cell_idx.size, 1.0 / k), (cell_idx, ((lay * H + row) * W + col).ravel())),
+                      shape=(n_cells, D * H * W))
+    P.sum_duplicates()
+    return P
+
+
+def voxel_centres(grid_shape: tuple[int, int, int], radius: float, z_range: tuple[float, float]) -> np.ndarray:
+    """Centres (D*H*W, 3) of the voxels of :func:`voxel_to_cell_matrix`, in its flattening order."""
+    D, H, W = grid_shape
+    xx, yy = pixel_centres((H, W), radius)
+    z = z_range[0] + (np.arange(D) + 0.5) * (z_range[1] - z_range[0]) / D
+    return np.column_stack([np.tile(xx.ravel(), D), np.tile(yy.ravel(), D), np.repeat(z, H * W)])

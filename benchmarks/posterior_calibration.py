@@ -1,0 +1,196 @@
+"""Calibration of the atlas posterior on the deblurring problem (bars atlas, noise 0.1).
+
+* ``--kind sbc``: simulation-based calibration (Talts et al. 2018). Case ``i`` draws a chart
+  ``k ~ alpha``, a latent ``w ~ p_k`` and the image ``x = G_k(w)`` from the atlas (seed ``i``),
+  blurs it and adds noise, and samples the posterior. Recorded: the coverage of the 90 % pixel
+  intervals (all pixels, and the pixels where the truth differs from the background by > 0.05),
+  the probability integral transform (PIT) of the true pixel values under the weighted mixture
+  draws (histogram over all pixels, and at the 16 pixels of largest posterior std), the PIT and
+  90 % interval coverage of the true latent under the true chart's draws (the conditional
+  posterior p(w | d, k)), and the posterior probability of the true chart.
+* ``--kind heldout``: the same on held-out bar images of the family (not on the atlas: model
+  error), beside the Gaussian posterior of Tikhonov deblurring (the linear baseline).
+
+Each case is written to ``OUT/cases/<kind>_<i>.json``; existing cases are skipped (resumable).
+``--summary`` aggregates them into ``OUT/<kind>_summary.json`` and ``OUT/<kind>_ranks.png``.
+
+    nice -n 10 python benchmarks/posterior_calibration.py --kind sbc --cases 50 --out results/posterior_cal
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eit_manifold.baselines.laplace import tikhonov_posterior
+from eit_manifold.data.images import BAR_BACKGROUND, heldout_image
+from eit_manifold.io import write_json
+from eit_manifold.manifold import load_atlas
+from eit_manifold.metrics import interval_coverage
+from eit_manifold.operators.blur import GaussianBlur, SeparableBlur
+from eit_manifold.optim.posterior import AtlasPosterior, gaussian_residual, weighted_summary
+
+BINS = 10
+
+
+def pit(draws: np.ndarray, weights: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Weighted PIT ``sum_i w_i [x_i < x*]`` per entry (draws ``(n, ...)``, truth ``(...)``)."""
+    below = draws < truth[None]
+    return np.tensordot(weights, below.astype(float), axes=1)
+
+
+def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op: GaussianBlur) -> dict:
+    gen = torch.Generator().manual_seed(10_000 + i)
+    t0, c0 = time.perf_counter(), time.process_time()
+    rec: dict = {"kind": kind, "case": i}
+    if kind == "sbc":
+        k = int(torch.multinomial(atlas.weights, 1, generator=gen))
+        w_true = atlas.sample_latent(k, 1, generator=gen).to(torch.float64)
+        with torch.no_grad():
+            x_true = atlas.charts[k].decode(w_true)[0].to(torch.float64)
+        rec.update(true_chart=k, true_latent=w_true[0].tolist())
+    else:
+        img, params = heldout_image("bars", i, atlas.image_shape[0])
+        x_true = torch.as_tensor(img, dtype=torch.float64)
+        rec.update(angle=params["angle"])
+    y = op.measure(x_true[None], gen)[0]
+    fast = SeparableBlur(op, tuple(y.shape))  # the same operator, 100x faster
+    sampler = AtlasPosterior(atlas, gaussian_residual(fast, y, args.noise), chains=args.chains, draws=args.draws,
+                             burn_in=args.burn_in, importance_samples=args.importance, starts=args.starts,
+                             descent_iter=args.descent_iter)
+    res = sampler.run(seed=i)
+    images, charts, weights = res.decode(atlas)
+    stats = weighted_summary(images, weights)
+    xt = x_true.numpy()
+    signal = np.abs(xt - BAR_BACKGROUND) > 0.05
+    p = pit(images, weights, xt)
+    top = np.argsort(stats["std"].ravel())[-16:]
+    rec.update(
+        coverage_pixels=interval_coverage(xt, stats["q05"], stats["q95"]),
+        coverage_signal=interval_coverage(xt[signal], stats["q05"][signal], stats["q95"][signal]),
+        pit_hist=np.histogram(p.ravel(), bins=BINS, range=(0, 1))[0].tolist(),
+        pit_top=p.ravel()[top].tolist(),
+        rel_error_mean=float(np.linalg.norm(stats["mean"] - xt) / np.linalg.norm(xt)),
+        chart_probabilities=res.probabilities.tolist(),
+        ess_min=[float(c.ess.min()) for c in res.charts],
+        rhat_max=[float(c.rhat.max()) for c in res.charts],
+        acceptance=[float(c.samples.accept.mean()) for c in res.charts],
+        warnings=res.warnings,
+        mean_band_width=float(np.mean(stats["q95"] - stats["q05"])),
+    )
+    if kind == "sbc":
+        c = res.charts[rec["true_chart"]]
+        d = c.kept()
+        wt = np.array(rec["true_latent"])
+        lo, hi = np.quantile(d, 0.05, axis=0), np.quantile(d, 0.95, axis=0)
+        rec.update(latent_pit=np.mean(d < wt[None], axis=0).tolist(),
+                   latent_covered=((wt >= lo) & (wt <= hi)).tolist(),
+                   true_chart_probability=float(res.probabilities[rec["true_chart"]]))
+    else:
+        base = tikhonov_posterior(y, op, args.noise)
+        rec.update(baseline_coverage_pixels=interval_coverage(xt, base["q05"], base["q95"]),
+                   baseline_coverage_signal=interval_coverage(xt[signal], base["q05"][signal],
+                                                              base["q95"][signal]),
+                   baseline_rel_error=float(np.linalg.norm(base["mean"] - xt) / np.linalg.norm(xt)),
+                   baseline_mean_band_width=float(np.mean(base["q95"] - base["q05"])),
+                   baseline_alpha=base["alpha"])
+    rec["seconds"] = time.perf_counter() - t0
+    rec["cpu_seconds"] = time.process_time() - c0
+    return rec
+
+
+def summarise(kind: str, out: Path) -> dict:
+    from scipy import stats as st
+
+    from eit_manifold.plotting import plt, save_figure
+
+    recs = [json.loads(p.read_text()) for p in sorted((out / "cases").glob(f"{kind}_*.json"))]
+    if not recs:
+        raise SystemExit(f"no {kind} cases in {out / 'cases'}")
+
+    def agg(key: str) -> dict:
+        v = np.array([r[key] for r in recs], dtype=float)
+        return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()),
+                "values": v.tolist()}
+
+    summ: dict = {"kind": kind, "cases": len(recs), "coverage_pixels": agg("coverage_pixels"),
+                  "coverage_signal": agg("coverage_signal"), "rel_error_mean": agg("rel_error_mean"),
+                  "mean_band_width": agg("mean_band_width"), "seconds": agg("seconds"),
+                  "cases_with_warnings_on_main_chart": int(sum(
+                      any(f"chart {int(np.argmax(r['chart_probabilities']))} " in w for w in r["warnings"])
+                      for r in recs))}
+    hist = np.sum([r["pit_hist"] for r in recs], axis=0)
+    # the pixels of one case are functions of the same latent draw: only one value per case is
+    # independent of the others, so the uniformity test uses the pixel of largest posterior std
+    top = np.array([r["pit_top"][-1] for r in recs])
+    top_hist = np.histogram(top, bins=BINS, range=(0, 1))[0]
+    summ["pit_hist_all_pixels"] = hist.tolist()
+    summ["pit_hist_top_pixel"] = top_hist.tolist()
+    summ["pit_top_ks_p"] = float(st.kstest(top, "uniform").pvalue)
+    panels = [("pixel of largest std (one per case)", top_hist), ("all pixels (dependent)", hist)]
+    if kind == "sbc":
+        lp = np.concatenate([r["latent_pit"] for r in recs])
+        lh = np.histogram(lp, bins=BINS, range=(0, 1))[0]
+        summ["latent_coverage"] = float(np.mean(np.concatenate([r["latent_covered"] for r in recs])))
+        summ["latent_pit_hist"] = lh.tolist()
+        summ["latent_pit_chi2_p"] = float(st.chisquare(lh).pvalue)
+        summ["latent_pit_ks_p"] = float(st.kstest(lp, "uniform").pvalue)
+        summ["true_chart_probability"] = agg("true_chart_probability")
+        panels.insert(0, ("latent (true chart)", lh))
+    else:
+        for key in ("baseline_coverage_pixels", "baseline_coverage_signal", "baseline_rel_error",
+                    "baseline_mean_band_width"):
+            summ[key] = agg(key)
+    write_json(out / f"{kind}_summary.json", summ)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 2.8), layout="constrained")
+    for ax, (label, h) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.bar((np.arange(BINS) + 0.5) / BINS, h, width=1 / BINS, edgecolor="k", color="tab:blue")
+        ax.axhline(h.sum() / BINS, color="k", ls="--", lw=1)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("rank / PIT")
+    fig.suptitle(f"{kind}: {len(recs)} cases, 90% coverage pixels {summ['coverage_pixels']['mean']:.3f}"
+                 + (f", latent {summ['latent_coverage']:.3f}" if kind == "sbc" else ""), fontsize=9)
+    save_figure(fig, out / f"{kind}_ranks.png")
+    return summ
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kind", choices=("sbc", "heldout"), required=True)
+    ap.add_argument("--cases", type=int, default=50)
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--atlas", default="bars")
+    ap.add_argument("--noise", type=float, default=0.1)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=100)
+    ap.add_argument("--burn-in", type=int, default=60)
+    ap.add_argument("--importance", type=int, default=64)
+    ap.add_argument("--starts", type=int, default=4)
+    ap.add_argument("--descent-iter", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=Path("results/posterior_calibration"))
+    ap.add_argument("--summary", action="store_true", help="only aggregate the cases written so far")
+    ap.add_argument("--reverse", action="store_true", help="run the cases last to first (a second worker)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if not args.summary:
+        atlas = load_atlas(args.atlas)
+        op = GaussianBlur.paper(atlas.image_shape[0], background=BAR_BACKGROUND, noise_std=args.noise)
+        (args.out / "cases").mkdir(parents=True, exist_ok=True)
+        from tqdm import tqdm
+
+        order = range(args.first, args.first + args.cases)
+        for i in tqdm(reversed(order) if args.reverse else order, desc=args.kind, total=args.cases):
+            path = args.out / "cases" / f"{args.kind}_{i:03d}.json"
+            if path.exists():
+                continue
+            write_json(path, run_case(args.kind, i, args, atlas, op))
+    print(json.dumps({k: v for k, v in summarise(args.kind, args.out).items() if not isinstance(v, dict)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Posterior sampling on atlases against exact posteriors.
+
+* a linear-Gaussian atlas (two affine charts with Gaussian latent priors, a linear operator):
+  each chart's latent posterior and its evidence are Gaussian in closed form;
+* the bundled bars atlas (latent dimension 1) with the deblurring operator: the latent posterior
+  of a chart by quadrature on a fine grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from eit_manifold.optim.diagnostics import effective_sample_size
+from eit_manifold.optim.posterior import (
+    AtlasPosterior,
+    ChartPotential,
+    gaussian_residual,
+    weighted_quantile,
+    weighted_summary,
+)
+
+
+class GaussianPrior:
+    def __init__(self, d: int) -> None:
+        self.dim = d
+        self.log_normalizer = 0.5 * d * math.log(2 * math.pi)
+
+    def energy(self, w: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (w**2).sum(dim=-1)
+
+
+class AffineChart:
+    """G(w) = a + B w with a standard normal prior on w."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a, self.b = a, b
+        self.prior = GaussianPrior(b.shape[1])
+
+    def decode(self, w: torch.Tensor) -> torch.Tensor:
+        return self.a + w.to(torch.float64) @ self.b.T
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.lstsq(self.b, (x - self.a).T).solution.T
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n, self.b.shape[1], generator=generator, dtype=torch.float64)
+
+
+class AffineAtlas:
+    def __init__(self, charts: list[AffineChart], alpha: list[float]) -> None:
+        self.charts = charts
+        self.n_charts = len(charts)
+        self.latent_dim = charts[0].b.shape[1]
+        self.data_shape = (charts[0].b.shape[0],)
+        self.log_weights = torch.log(torch.tensor(alpha, dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def linear_case():
+    g = torch.Generator().manual_seed(0)
+    n, d, m, s = 5, 2, 4, 0.3
+    charts = [AffineChart(torch.randn(n, generator=g, dtype=torch.float64) * 0.5,
+                          torch.randn(n, d, generator=g, dtype=torch.float64)) for _ in range(2)]
+    atlas = AffineAtlas(charts, [0.4, 0.6])
+    A = torch.randn(m, n, generator=g, dtype=torch.float64)
+    x_true = charts[1].decode(torch.tensor([[0.3, -0.5]], dtype=torch.float64))[0]
+    y = A @ x_true + s * torch.randn(m, generator=g, dtype=torch.float64)
+    residual = gaussian_residual(lambda x: x @ A.T, y, s)
+    exact = []
+    for c in charts:
+        M = A @ c.b
+        prec = torch.eye(d, dtype=torch.float64) + M.T @ M / s**2
+        cov = torch.linalg.inv(prec)
+        mean = cov @ M.T @ (y - A @ c.a) / s**2
+        data_cov = s**2 * torch.eye(m, dtype=torch.float64) + M @ M.T
+        log_ev = stats.multivariate_normal(mean=(A @ c.a).numpy(), cov=data_cov.numpy()).logpdf(y.numpy())
+        exact.append({"mean": mean.numpy(), "cov": cov.numpy(), "log_evidence": log_ev})
+    log_post = np.log([0.4, 0.6]) + np.array([e["log_evidence"] for e in exact])
+    probs = np.exp(log_post - log_post.max())
+    sampler = AtlasPosterior(atlas, residual, chains=4, draws=1500, burn_in=300, importance_samples=2000)
+    result = sampler.run(seed=3)
+    return atlas, exact, probs / probs.sum(), result
+
+
+def test_linear_gaussian_latent_posterior_is_exact(linear_case):
+    _, exact, _, result = linear_case
+    for c, ex in zip(result.charts, exact, strict=True):
+        draws = c.samples.draws
+        ess = effective_sample_size(draws)
+        flat = draws.reshape(-1, draws.shape[-1])
+        sd = np.sqrt(np.diag(ex["cov"]))
+        assert np.all(np.abs(flat.mean(0) - ex["mean"]) <= 4 * sd / np.sqrt(ess))
+        var = flat.var(0)
+        assert np.all(np.abs(var / np.diag(ex["cov"]) - 1) <= 4 * np.sqrt(2 / ess))
+        corr = np.corrcoef(flat.T)[0, 1]
+        exact_corr = ex["cov"][0, 1] / (sd[0] * sd[1])
+        assert abs(corr - exact_corr) <= 4 * (1 - exact_corr**2) / np.sqrt(ess.min())
+        thin = int(np.ceil(2 * draws.shape[0] * draws.shape[1] / ess.min()))
+        for j in range(2):
+            sample = draws[:, ::thin, j].ravel()
+            assert stats.kstest(sample, stats.norm(ex["mean"][j], sd[j]).cdf).pvalue > 1e-3
+        assert 0.4 < c.samples.accept.mean() < 0.8  # adapted towards 0.574
+        assert c.ess.min() > 1000 and c.rhat.max() < 1.02
+
+
+def test_linear_gaussian_chart_masses_are_exact(linear_case):
+    _, exact, probs, result = linear_case
+    for c in result.charts:
+        # log Z_k here and the Gaussian evidence differ by the likelihood's normaliser, shared by the charts
+        assert c.log_evidence_se < 0.05
+    diff = [c.log_evidence - ex["log_evidence"] for c, ex in zip(result.charts, exact, strict=True)]
+    assert abs(diff[0] - diff[1]) < 0.05
+    assert np.allclose(result.probabilities, probs, atol=0.02)
+    assert result.warnings == []
+
+
+def test_mixture_quantiles_match_the_exact_mixture(linear_case):
+    atlas, exact, probs, result = linear_case
+    images, charts, weights = result.decode(atlas)
+    summary = weighted_summary(images, weights)
+    # exact marginal of coordinate 0 of x: a mixture of two normals
+    comps = []
+    for c, ex in zip(atlas.charts, exact, strict=True):
+        mean = (c.a + c.b @ torch.as_tensor(ex["mean"])).numpy()
+        cov = (c.b @ torch.as_tensor(ex["cov"]) @ c.b.T).numpy()
+        comps.append((mean, np.sqrt(np.diag(cov))))
+    for i in range(atlas.data_shape[0]):
+        def cdf(t, i=i):
+            return sum(p * stats.norm(m[i], s[i]).cdf(t) for p, (m, s) in zip(probs, comps, strict=True))
+        assert abs(cdf(summary["q05"][i]) - 0.05) < 0.02
+        assert abs(cdf(summary["q95"][i]) - 0.95) < 0.02
+        exact_mean = sum(p * m[i] for p, (m, _) in zip(probs, comps, strict=True))
+        spread = max(s[i] for _, s in comps)
+        assert abs(summary["mean"][i] - exact_mean) < 0.1 * spread + 0.02
+
+
+def test_weighted_quantile_of_equal_weights_is_the_hazen_quantile():
+    v = np.random.default_rng(0).standard_normal((101, 3))
+    w = np.ones(101)
+    assert np.allclose(weighted_quantile(v, w, 0.3), np.quantile(v, 0.3, axis=0, method="hazen"))
+    # a weight concentrated on one draw moves the median there
+    w2 = np.full(101, 1e-9)
+    w2[7] = 1.0
+    assert np.allclose(weighted_quantile(v[:, 0], w2, 0.5), v[7, 0], atol=1e-6)
+
+
+def test_sampler_is_deterministic_and_checks_arguments(linear_case):
+    atlas, *_ = linear_case
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    res = gaussian_residual(lambda x: x @ A.T, torch.zeros(3, dtype=torch.float64), 0.5)
+    runs = [AtlasPosterior(atlas, res, chains=2, draws=20, burn_in=10, importance_samples=32).run(seed=5)
+            for _ in range(2)]
+    for a, b in zip(runs[0].charts, runs[1].charts, strict=True):
+        assert np.array_equal(a.samples.draws, b.samples.draws)
+    assert np.array_equal(runs[0].probabilities, runs[1].probabilities)
+    other = AtlasPosterior(atlas, res, chains=2, draws=20, burn_in=10, importance_samples=32).run(seed=6)
+    assert not np.array_equal(other.charts[0].samples.draws, runs[0].charts[0].samples.draws)
+    with pytest.raises(ValueError, match="chains"):
+        AtlasPosterior(atlas, res, chains=0)
+    with pytest.raises(ValueError, match="thin"):
+        AtlasPosterior(atlas, res, thin=0)
+    with pytest.raises(ValueError, match="noise_std"):
+        gaussian_residual(lambda x: x, torch.zeros(3), 0.0)
+
+
+def test_short_chains_raise_warnings(linear_case):
+    atlas, *_ = linear_case
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    res = gaussian_residual(lambda x: x @ A.T, torch.zeros(3, dtype=torch.float64), 0.5)
+    out = AtlasPosterior(atlas, res, chains=2, draws=20, burn_in=10, importance_samples=32).run(seed=5)
+    assert any("ESS" in w and "< 100" in w for w in out.warnings)
+    assert all(d["ess_min"] < 100 for d in out.diagnostics()["charts"])
+
+
+# ---------------------------------------------------------------------------- bars, quadrature
+
+
+@pytest.fixture(scope="module")
+def bars_case():
+    from eit_manifold.data.images import BAR_BACKGROUND
+    from eit_manifold.manifold import load_atlas
+    from eit_manifold.operators.blur import GaussianBlur, SeparableBlur
+
+    atlas = load_atlas("bars")
+    op = GaussianBlur.paper(64, background=BAR_BACKGROUND, noise_std=0.1)
+    gen = torch.Generator().manual_seed(1)
+    x, k = atlas.sample(1, generator=gen, return_charts=True)
+    y = op.measure(x.to(torch.float64), gen)[0]
+    fast = SeparableBlur(op, (64, 64))
+    assert torch.allclose(fast(x.to(torch.float64)), op(x.to(torch.float64)), atol=1e-12)  # the same operator
+    residual = gaussian_residual(fast, y, 0.1)
+    return atlas, residual, int(k[0])
+
+
+def test_bars_chart_posterior_matches_quadrature(bars_case):
+    atlas, residual, k = bars_case
+    sampler = AtlasPosterior(atlas, residual, chains=4, draws=400, burn_in=120, importance_samples=256)
+    samples = sampler.sample_chart(k, seed=0)
+    pts, log_q = sampler.importance_points(k, samples.draws, seed=0)
+    post = sampler.chart_posterior(samples, sampler.importance_log_weights(k, pts, log_q))
+    # quadrature of exp(-U) on a fine grid covering the prior's support and tails
+    grid = torch.linspace(-1.4, 1.4, 2801, dtype=torch.float64)
+    pot = ChartPotential(atlas.charts[k], residual)
+    u = torch.cat([pot.value(grid[i : i + 200, None]) for i in range(0, len(grid), 200)]).numpy()
+    h = float(grid[1] - grid[0])
+    dens = np.exp(-(u - u.min()))
+    z = dens.sum() * h
+    dens /= z
+    g = grid.numpy()
+    mean = float((dens * g).sum() * h)
+    var = float((dens * (g - mean) ** 2).sum() * h)
+    assert var > 1e-5  # a posterior wide enough for the test to mean something (grid step 1e-3)
+    draws = samples.draws[..., 0]
+    ess = float(effective_sample_size(draws))
+    assert ess > 400
+    assert abs(draws.mean() - mean) <= 4 * math.sqrt(var / ess)
+    assert abs(draws.var() / var - 1) <= 4 * math.sqrt(2 / ess)
+    cdf = np.cumsum(dens) * h
+    thin = int(np.ceil(2 * draws.size / ess))
+    assert stats.kstest(draws[:, ::thin].ravel(), lambda t: np.interp(t, g, cdf)).pvalue > 1e-3
+    # the chart's evidence: log of the grid integral of exp(-U) minus the prior's normaliser
+    log_z = -u.min() + math.log(z) - atlas.charts[k].prior.log_normalizer
+    assert abs(post.log_evidence - log_z) <= 4 * post.log_evidence_se + 0.01
+
+
+def test_interval_coverage_counts_finite_entries_inside():
+    from eit_manifold.metrics import interval_coverage
+
+    truth = np.array([0.0, 1.0, 2.0, np.nan])
+    assert interval_coverage(truth, np.array([-1.0, 1.5, 1.0, 0.0]), np.array([1.0, 2.0, 2.0, 1.0])) == 2 / 3
+    with pytest.raises(ValueError, match="shapes"):
+        interval_coverage(truth, np.zeros(3), np.zeros(4))
