@@ -76,6 +76,11 @@ class AnalyticAtlas:
                 out[m] = ch.decode(ch.encode(x[m]))
         return out
 
+    def project_on_every_chart(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``G_k(E_k(x))`` for every chart, chart-major (as ``Atlas.project_on_every_chart``)."""
+        points = torch.cat([ch.decode(ch.encode(x)) for ch in self.charts])
+        return points, torch.arange(self.n_charts).repeat_interleave(len(x))
+
     def sample_latent(self, k: int, n: int, generator: torch.Generator | None = None) -> Tensor:
         u = torch.rand(n, self.latent_dim, dtype=torch.float64, generator=generator)
         return (u * 2 - 1) * 0.8

@@ -35,3 +35,17 @@ def coarse_mesh():
 @pytest.fixture
 def default_mesh():
     return cached_mesh("default")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_calibration_cache(tmp_path_factory):
+    """Tests never read or write the user's KTC calibration cache (``~/.cache/eit-manifold``)."""
+    import os
+
+    old = os.environ.get("EIT_MANIFOLD_CACHE")
+    os.environ["EIT_MANIFOLD_CACHE"] = str(tmp_path_factory.mktemp("eit-manifold-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EIT_MANIFOLD_CACHE", None)
+    else:
+        os.environ["EIT_MANIFOLD_CACHE"] = old

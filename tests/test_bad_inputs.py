@@ -127,10 +127,11 @@ def _other_train_checkpoint(root: Path) -> Path:
 
 def _truncated_cache(root: Path) -> Path:
     out = root / "segout"
-    out.mkdir()
-    np.savez(out / "simulation.npz", key=np.array("x"), train_changes=np.zeros((100, 100)))
-    data = (out / "simulation.npz").read_bytes()
-    (out / "simulation.npz").write_bytes(data[: len(data) // 2])
+    (out / "sim").mkdir(parents=True)
+    chunk = out / "sim" / "train_0000.npz"  # ktc-train's simulation chunks
+    np.savez(chunk, key=np.array("x"), clean=np.zeros((100, 100)))
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])
     return out
 
 

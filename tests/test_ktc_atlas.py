@@ -19,9 +19,9 @@ from eit_manifold.ktc.atlas_method import (
 )
 from eit_manifold.ktc.calibration import Calibration
 from eit_manifold.ktc.data import KTCMeasurement
+from eit_manifold.ktc.methods import METHODS, MethodOptions, ReconstructionContext, Resources, segmented_image
 from eit_manifold.manifold import load_atlas
 from eit_manifold.operators.eit import CEMForwardModel, EITOperator
-from eit_manifold.pipelines.ktc import METHODS, ReconstructionContext, segmented_image
 
 SIZE = 32
 
@@ -36,6 +36,10 @@ def tiny_atlas(tmp_path_factory):
                       blocks=2, pretrain_epochs=1, lipschitz_epochs=1, overlap_epochs=1)
     run_train(job, out, progress=False, plots=False)
     return out
+
+
+def atlas_charts(path) -> int:
+    return load_atlas(path).n_charts
 
 
 @functools.cache
@@ -90,14 +94,18 @@ def test_pipeline_atlas_method_runs_on_a_small_context(tiny_atlas):
     basis = pixel_basis(model, 16)
     reference = KTCMeasurement(model.currents, model.measurement_matrix, result.measurements, 1,
                                np.arange(model.data_shape[0]), np.arange(model.data_shape[1]))
+    options = MethodOptions(atlas=AtlasMethodConfig(atlas=str(tiny_atlas), prior_starts=1, iterations=2),
+                            atlas_learned_start=False)  # no network for this 16-electrode tank
     ctx = ReconstructionContext(model, Calibration(sigma0, model.tank.impedances.copy(), 0.0), reference, basis,
-                                jacobian_in_basis(model, result, basis.matrix), noise_std(result.measurements))
-    ctx.cache["atlas_config"] = AtlasMethodConfig(atlas=str(tiny_atlas), prior_starts=1, iterations=2)
+                                jacobian_in_basis(model, result, basis.matrix), noise_std(result.measurements),
+                                Resources(options))
     op = EITOperator.from_model(model, (SIZE, SIZE))
     change, _ = _synthetic_change(op, _disk_image(0.0, -0.4, 0.35, -1.0), sigma0)
-    image = METHODS["atlas"](ctx, change)
-    assert image.shape == (SIZE, SIZE) and np.all(np.isfinite(image))
-    assert ctx.cache["details"]["objective_final"] <= ctx.cache["details"]["objective_start"]
+    out = METHODS["atlas"](ctx, change)
+    assert out.image.shape == (SIZE, SIZE) and np.all(np.isfinite(out.image)) and out.labels is None
+    assert out.details["objective_final"] <= out.details["objective_start"]
+    assert out.details["warm_starts"] == ["linear", "tv"]
+    assert len(out.details["objective_per_start"]) == 2 * atlas_charts(tiny_atlas) + 1
 
 
 def test_segmented_image_values():

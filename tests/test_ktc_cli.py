@@ -34,7 +34,8 @@ def test_ktc_linear_one_case(tmp_path):
     assert (out / "data1.png").is_file() and (out / "scores.md").is_file()
     scores = json.loads((out / "scores.json").read_text())
     assert 0.3 < scores["cases"][0]["score"] <= 1
-    assert "| data1 | linear | 1 |" in (out / "scores.md").read_text()
+    table = (out / "scores.md").read_text()
+    assert "| case | level | linear |" in table and f"| data1 | 1 | {scores['cases'][0]['score']:.3f} (" in table
     # ktc-score on the written segmentation reproduces the table's value.
     again = runner.invoke(app, ["ktc-score", str(data / "true1.mat"), str(out / "data1.npy")])
     assert again.exit_code == 0, again.output
@@ -48,9 +49,9 @@ def test_ktc_score_identical_and_errors(tmp_path):
     result = runner.invoke(app, ["ktc-score", str(ktc_dir() / "true2.mat"), str(tmp_path / "t.npy")])
     assert result.exit_code == 0 and "score 1.0000" in result.output
     bad = runner.invoke(app, ["ktc", str(ktc_dir()), "--level", "9", "--out", str(tmp_path / "o")])
-    assert bad.exit_code != 0 and "1..7" in str(bad.exception)
+    assert bad.exit_code == 2 and "1..7" in bad.output
     bad = runner.invoke(app, ["ktc", str(ktc_dir()), "--method", "magic", "--out", str(tmp_path / "o")])
-    assert bad.exit_code != 0 and "magic" in str(bad.exception)
+    assert bad.exit_code == 2 and "magic" in bad.output
 
 
 def test_ktc_learned_one_case_with_the_bundled_network(tmp_path):
@@ -71,37 +72,65 @@ def test_ktc_train_small_run_and_resume(tmp_path):
     data = _case_dir(tmp_path, ["ref.mat"])  # no target data needed
     out = tmp_path / "net"
     args = ["ktc-train", str(data), "--out", str(out), "--n-train", "8", "--n-val", "4", "--epochs", "2",
-            "--width", "4", "--grid", "24", "--seed", "1", "--prior-scales", "1,4"]
+            "--width", "4", "--grid", "24", "--seed", "1", "--prior-scales", "1,4", "--level", "1,7", "--init", "none"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "validation score" in result.output
+    assert "level 7: validation score" in result.output and "class presence rule" in result.output
     config = json.loads((out / "config.json").read_text())
-    assert config["level"] == 1 and config["grid"] == 24 and len(config["loss"]) == 2
-    assert config["channels"] == 2 and config["prior_scales"] == [1.0, 4.0]
-    assert (out / "validation.png").is_file() and (out / "simulation.npz").is_file()
+    assert config["levels"] == [1, 7] and config["grid"] == 24 and len(config["loss"]) == 2
+    assert config["channels"] == 3 and config["prior_scales"] == [1.0, 4.0] and config["mask_channel"]
+    assert [k["level"] for k in config["kept_sets"]] == [1, 7]
+    assert len(config["kept_sets"][1]["patterns"]) < len(config["kept_sets"][0]["patterns"])
+    assert set(config["validation"]) == {"1", "7"} and config["presence"]["heldout"]["n"] == 2 * 2
+    assert (out / "validation.png").is_file() and (out / "sim" / "train_0000.npz").is_file()
     # Running it again reuses the simulations and the finished checkpoint: the same network.
-    stamp = (out / "simulation.npz").stat().st_mtime_ns
+    stamp = (out / "sim" / "train_0000.npz").stat().st_mtime_ns
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert (out / "simulation.npz").stat().st_mtime_ns == stamp
+    assert (out / "sim" / "train_0000.npz").stat().st_mtime_ns == stamp
     assert json.loads((out / "config.json").read_text())["sha256"] == config["sha256"]
     from eit_manifold.ktc.segmenter import load_segmenter
 
     net, meta = load_segmenter(out)
     assert meta["n_train"] == 8 and net.width == 4
-    # Other prior scales reuse the simulated data changes (only the reconstructions differ), and a
-    # malformed list is refused naming it.
-    (tmp_path / "net1").mkdir()
-    shutil.copy2(out / "simulation.npz", tmp_path / "net1" / "simulation.npz")
-    stamp = (tmp_path / "net1" / "simulation.npz").stat().st_mtime_ns
-    other = runner.invoke(app, [*args[:-1], "1", "--out", str(tmp_path / "net1")])
-    assert other.exit_code == 0, other.output
-    assert (tmp_path / "net1" / "simulation.npz").stat().st_mtime_ns == stamp
-    assert load_segmenter(tmp_path / "net1")[0].channels == 1
+    # the network runs at its levels and refuses the others, naming them
+    (tmp_path / "c").mkdir()
+    case = _case_dir(tmp_path / "c", ("ref.mat", "data1.mat"))
+    ok = runner.invoke(app, ["ktc", str(case), "--segmenter", str(out), "--grid", "24", "--level", "7",
+                             "--out", str(tmp_path / "o7")])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["ktc", str(case), "--segmenter", str(out), "--grid", "24", "--level", "3",
+                              "--out", str(tmp_path / "o3")])
+    assert bad.exit_code != 0 and "trained for level(s) [1, 7]" in str(bad.exception)
     bad = runner.invoke(app, [*args[:-1], "1,x"])
-    assert bad.exit_code != 0 and "1,x" in bad.output
+    assert bad.exit_code != 0
     bad = runner.invoke(app, [*args, "--threads", "0"])
     assert bad.exit_code != 0 and "--threads must be in [1, 1024], got 0" in str(bad.exception)
+
+
+def test_ktc_all_levels_one_table(tmp_path):
+    """--level all: one calibration (cached for the next run), one table of cases x levels by methods."""
+    data = _case_dir(tmp_path, ("ref.mat", "data1.mat", "true1.mat"))
+    out = tmp_path / "out"
+    args = ["ktc", str(data), "--method", "linear,learned", "--level", "all", "--out", str(out), "--truth", str(data),
+            "--shared-impedance"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "calibration (" in result.output  # computed, or cached by an earlier test of the session
+    table = (out / "scores.md").read_text()
+    assert "| case | level | linear | learned |" in table
+    for level in range(1, 8):
+        assert f"| data1 | {level} |" in table and (out / f"level{level}.png").is_file()
+        assert (out / f"level{level}" / "learned" / "data1.npy").is_file()
+    scores = json.loads((out / "scores.json").read_text())
+    assert len(scores["cases"]) == 14 and set(scores["mean_scores"]) == {"linear", "learned"}
+    assert [c["patterns"] for c in scores["cases"] if c["method"] == "linear"] == sorted(
+        [c["patterns"] for c in scores["cases"] if c["method"] == "linear"], reverse=True)
+    again = runner.invoke(app, [*args[:-1], "--shared-impedance", "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0 and "calibration (cached)" in again.output
+    assert json.loads((tmp_path / "again" / "scores.json").read_text())["mean_scores"] == scores["mean_scores"]
+    bad = runner.invoke(app, ["ktc", str(data), "--level", "0,2", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "'0,2'" in bad.output
 
 
 def test_ktc_train_help_states_the_default_prior_scales():

@@ -52,7 +52,7 @@ def test_phantoms_are_reproducible_and_within_their_ranges():
     assert all(np.array_equal(s.vertices, t.vertices) for p, q in zip(a, b, strict=True)
                for s, t in zip(p, q, strict=True))
     targets = [t for p in a for t in p]
-    assert {len(p) for p in a} == {1, 2, 3}
+    assert {len(p) for p in a} == {1, 2, 3, 4}
     assert {t.label for t in targets} == {1, 2}
     lo, hi = CONTRAST_EXPONENTS
     for t in targets:
@@ -68,6 +68,9 @@ def test_phantoms_are_reproducible_and_within_their_ranges():
 
     ratios = [area(t.vertices) / ConvexHull(t.vertices).volume for t in targets]
     assert min(ratios) < 0.8 and max(ratios) > 0.99
+    # the smooth blobs (64 vertices) are among them, some non-convex too
+    blobs = [r for t, r in zip(targets, ratios, strict=True) if len(t.vertices) == 64]
+    assert blobs and min(blobs) < 0.95
 
 
 @functools.cache
@@ -97,16 +100,19 @@ def test_simulated_pairs_are_reproducible_and_physical():
         seen.append(changes.shape)
         return np.zeros((changes.shape[1], 8, 8))
 
-    config = SimulationConfig(noise=(1e-9, 1e-9), drift=0.0, mesh_size=0.015, label_size=16)
+    exact = {"shift_std": 0.0, "width_std": 0.0, "impedance_std": 0.0, "contact_change_std": 0.0,
+             "offset_std": 0.0, "offset_drift": 0.0}
+    config = SimulationConfig(noise=(1e-9, 1e-9), drift=0.0, mesh_size=0.015, label_size=16, **exact)
     a = simulate_pairs(cal, ref, reconstruct, 6, np.random.default_rng(3), config, truth_size=32, progress=False)
     b = simulate_pairs(cal, ref, None, 6, np.random.default_rng(3), config, progress=False)
     assert seen == [(2 * 31, 6)] and "inputs" not in b  # without a reconstruction: changes only
     assert np.array_equal(a["changes"], b["changes"]) and np.array_equal(a["labels"], b["labels"])
     assert a["inputs"].shape == (6, 8, 8) and a["labels"].shape == (6, 16, 16) and a["truths"].shape == (6, 32, 32)
     assert np.all(np.abs(a["changes"]).max(axis=1) > 0)  # every phantom has a target, so the data change
-    # The simulated change is F(sigma) - F(sigma0): redo one by hand from the same phantom draws.
+    # Without model error the simulated change is F(sigma) - F(sigma0): redo one by hand from the same draws.
     rng = np.random.default_rng(3)
     rng.uniform(size=6)  # the noise levels are drawn first
+    rng.standard_normal((4, 32))  # then the tank: shifts, widths, impedances, their change (all scaled by 0)
     targets = sample_phantom(rng)
     from eit_manifold.ktc.calibration import forward_model, ktc_mesh
     from eit_manifold.operators.eit import MeshOptions
@@ -116,7 +122,19 @@ def test_simulated_pairs_are_reproducible_and_physical():
     model = forward_model(ktc_mesh(cal.tank(), opts), ref, cal.contact_impedance, cal.currents)
     _, factor = labels_at(targets, model.centroids)
     expected = model.measurements(cal.sigma * factor) - model.measurements(np.full(model.n_cells, cal.sigma))
+    assert np.allclose(a["clean"][0], expected.ravel(), rtol=1e-4, atol=1e-6)
     assert np.allclose(a["changes"][0], expected.ravel(), rtol=1e-4, atol=1e-6)
+    # With the default model error the same phantoms give other, similar-sized changes; the noise
+    # (changes - clean) has the drawn level.
+    c = simulate_pairs(cal, ref, None, 6, np.random.default_rng(3), SimulationConfig(mesh_size=0.015, label_size=16),
+                       progress=False)
+    assert np.array_equal(c["labels"], a["labels"])
+    # the model error is of the size of the calibration's misfit (a few per cent of the data), not more
+    err = np.linalg.norm(c["clean"] - a["clean"], axis=1) / np.linalg.norm(ref.data)
+    assert np.all(err > 1e-5) and np.all(err < 0.03)
+    scale = np.sqrt(np.mean(ref.data**2))
+    rms = np.sqrt(np.mean((c["changes"] - c["clean"]) ** 2, axis=1)) / scale
+    np.testing.assert_allclose(rms, c["noise"], rtol=0.35)
     with pytest.raises(ValueError, match="noise range"):
         SimulationConfig(noise=(0.02, 0.01))
 
@@ -213,7 +231,7 @@ def test_save_and_load_round_trip_and_corruption(tmp_path):
 def _small_context():
     """A ReconstructionContext on the small tank (16-pixel grid) and a data change (a 10 % drop)."""
     from eit_manifold.baselines.eit_linear import jacobian_in_basis, noise_std, pixel_basis
-    from eit_manifold.pipelines.ktc import ReconstructionContext
+    from eit_manifold.ktc.methods import ReconstructionContext
 
     cal, ref, model = _small_tank()
     basis = pixel_basis(model, 16)
@@ -225,7 +243,7 @@ def _small_context():
 
 
 def test_segmenter_inputs_are_linear_reconstructions_with_weaker_priors():
-    from eit_manifold.pipelines.ktc import linear_images, segmenter_inputs
+    from eit_manifold.ktc.methods import linear_images, segmenter_inputs
 
     ctx, change = _small_context()
     rng = np.random.default_rng(0)
@@ -235,9 +253,8 @@ def test_segmenter_inputs_are_linear_reconstructions_with_weaker_priors():
     np.testing.assert_allclose(inputs[:, 0], linear_images(ctx, changes) / ctx.sigma0)
     # the cached linear map gives the MAP estimate with the prior's std times the scale
     from eit_manifold.baselines.eit_linear import tikhonov_solve
-    from eit_manifold.pipelines.ktc import _prior
 
-    direct = tikhonov_solve(ctx.jacobian, changes, ctx.std, _prior(ctx) / 30.0) / ctx.sigma0
+    direct = tikhonov_solve(ctx.jacobian, changes, ctx.std, ctx.prior() / 30.0) / ctx.sigma0
     np.testing.assert_allclose(inputs[:, 2].reshape(2, -1)[:, ctx.basis.active], direct.T, rtol=1e-7,
                                atol=1e-9 * np.abs(direct).max())
     # A weaker prior fits the data better: the weighted misfit falls as the prior's std grows.
@@ -300,44 +317,59 @@ def test_networks_saved_before_channels_still_load(tmp_path):
 
 
 def test_learned_method_checks_its_network_against_the_run(tmp_path):
-    from eit_manifold.pipelines.ktc import METHODS, Segmentation
+    from eit_manifold.ktc.methods import METHODS, MethodOptions, MethodResult, Resources
 
     ctx, change = _small_context()
     cal, ref = ctx.calibration, ctx.reference
+
+    def using(name):
+        ctx.resources = Resources(MethodOptions(segmenter=str(tmp_path / name)))
+        return METHODS["learned"](ctx, change)
+
     net = SegmenterNet(width=4, size=16).eval()
     meta = {"level": 1, "grid": 16, "patterns": ref.patterns.tolist(), "measurements": ref.measurements.tolist(),
             "sigma0": cal.sigma}
     save_segmenter(net, tmp_path / "ok", meta)
-    ctx.cache["segmenter_path"] = str(tmp_path / "ok")
-    out = METHODS["learned"](ctx, change)
-    assert isinstance(out, Segmentation) and out.labels.shape == (256, 256) and out.image.shape == (16, 16)
+    out = using("ok")
+    assert isinstance(out, MethodResult) and out.labels.shape == (256, 256) and out.image.shape == (16, 16)
     # a two-channel network gets the reconstructions at its own prior scales
     save_segmenter(SegmenterNet(width=4, size=16, channels=2).eval(), tmp_path / "two",
                    {**meta, "prior_scales": [1.0, 10.0]})
-    ctx.cache.pop("segmenter")
-    ctx.cache["segmenter_path"] = str(tmp_path / "two")
-    assert METHODS["learned"](ctx, change).labels.shape == (256, 256)
+    assert using("two").labels.shape == (256, 256)
+    # a mask-conditioned network for several kept sets: one image channel plus the mask
+    kept = [{"level": 1, "patterns": [0], "measurements": [0]},
+            {"level": 2, "patterns": meta["patterns"], "measurements": meta["measurements"]}]
+    save_segmenter(SegmenterNet(width=4, size=16, channels=2).eval(), tmp_path / "mask",
+                   {"grid": 16, "sigma0": cal.sigma, "prior_scales": [1.0], "mask_channel": True, "kept_sets": kept})
+    assert using("mask").labels.shape == (256, 256)
+    save_segmenter(SegmenterNet(width=4, size=16, channels=2).eval(), tmp_path / "mask",
+                   {"grid": 16, "sigma0": cal.sigma, "prior_scales": [1.0], "mask_channel": True,
+                    "kept_sets": kept[:1]})
+    with pytest.raises(ValueError, match=r"trained for level\(s\) \[1\]"):
+        using("mask")
     for bad, match in [({"patterns": [0]}, "level"), ({"grid": 48}, "grid"), ({"sigma0": 2 * cal.sigma}, "water"),
                        ({"prior_scales": [1.0]}, "prior scales")]:
         save_segmenter(SegmenterNet(width=4, size=16, channels=2).eval(), tmp_path / "bad",
                        {**meta, "prior_scales": [1.0, 10.0], **bad})
-        ctx.cache.pop("segmenter", None)
-        ctx.cache["segmenter_path"] = str(tmp_path / "bad")
         with pytest.raises(ValueError, match=match):
-            METHODS["learned"](ctx, change)
+            using("bad")
 
 
-def test_bundled_segmenter_loads_and_matches_level_one():
+def test_bundled_segmenter_covers_every_level():
     from eit_manifold.ktc.data import read_ktc
-    from eit_manifold.pipelines.ktc import BUNDLED_SEGMENTER
+    from eit_manifold.ktc.levels import restrict_level
+    from eit_manifold.ktc.methods import BUNDLED_SEGMENTER
 
     net, meta = load_segmenter(BUNDLED_SEGMENTER)
     ref = read_ktc(ktc_dir() / "ref.mat", 1)
-    assert meta["level"] == 1 and meta["grid"] == 48
-    assert meta["patterns"] == ref.patterns.tolist() and meta["measurements"] == ref.measurements.tolist()
-    # on its own simulated validation set it beat the linear method + Otsu rule
-    assert meta["validation"]["learned"]["mean"] > meta["validation"]["linear"]["mean"]
-    assert len(meta["prior_scales"]) == net.channels and meta["prior_scales"][0] == 1.0
+    assert meta["levels"] == list(range(1, 8)) and meta["grid"] == 48 and meta["mask_channel"]
+    for kept in meta["kept_sets"]:
+        sub = restrict_level(ref, kept["level"])
+        assert kept["patterns"] == sub.patterns.tolist() and kept["measurements"] == sub.measurements.tolist()
+    # on its own simulated validation set it beat the linear method + Otsu rule at every level
+    for level in map(str, meta["levels"]):
+        assert meta["validation"][level]["learned"]["mean"] > meta["validation"][level]["linear"]["mean"]
+    assert len(meta["prior_scales"]) + 1 == net.channels and meta["prior_scales"][0] == 1.0
     labels, _ = predict(net, np.zeros((net.channels, 48, 48)))
     assert labels.shape == (256, 256)
 

@@ -13,6 +13,7 @@ from eit_manifold.optim import (
     RiemannianDescent,
     choose_chart,
     decode_with_jacobian,
+    multistart_descent,
     riemannian_gradient,
 )
 from eit_manifold.optim.riemannian import best_per_iteration, window_stalled
@@ -109,6 +110,30 @@ def test_multistart_keeps_best_misfit() -> None:
     assert res.objective == res.objective_all.min()
     assert res.objective_all.max() > 0.4  # some starts ended on the left circle
     assert_monotone_and_on_manifold(atlas, res)
+
+
+def test_multistart_descent_warm_starts_on_every_chart() -> None:
+    atlas = two_circles_atlas()
+    f = dist2_to([0.2, 0.0])  # global minimum 0.09 at (0.5, 0); a local one, 0.49, at (-0.5, 0)
+    left = torch.tensor([[-0.6, 0.1]], dtype=torch.float64)
+    # warm starts only: the image is projected on all four charts; the left circle's charts end in the
+    # local minimum, the right circle's (projection onto its far side) in the global one, which wins
+    found = multistart_descent(atlas, f, left, prior_starts=0, max_iter=300, ftol=0.0)
+    assert found.n_warm == 4 and len(found.result.objective_all) == 4 and found.best_is_warm
+    assert found.result.objective == pytest.approx(0.09, abs=1e-6)
+    assert np.isclose(found.result.objective_all, 0.49, atol=1e-6).any()
+    assert found.result.best_start in (2, 3)  # chart-major: rows 2, 3 are the right circle's charts
+    # with prior samples too: the prior starts come after the warm ones and the best of all wins
+    found = multistart_descent(atlas, f, left, prior_starts=8, seed=3, max_iter=300, ftol=0.0)
+    assert len(found.result.objective_all) == 12 and found.result.objective == pytest.approx(0.09, abs=1e-6)
+    assert found.result.objective == found.result.objective_all.min()
+    # the same seed gives the same prior starts
+    again = multistart_descent(atlas, f, left, prior_starts=8, seed=3, max_iter=300, ftol=0.0)
+    assert np.array_equal(again.result.objective_all, found.result.objective_all)
+    with pytest.raises(ValueError, match="at least one start"):
+        multistart_descent(atlas, f, None, prior_starts=0)
+    with pytest.raises(ValueError, match="prior_starts"):
+        multistart_descent(atlas, f, None, prior_starts=-1)
 
 
 def test_two_circles_symmetric_target() -> None:

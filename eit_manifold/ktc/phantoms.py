@@ -1,4 +1,4 @@
-"""KTC-like phantoms for simulation: one to three targets of physical contrast in the water tank.
+"""KTC-like phantoms for simulation: one to four targets of physical contrast in the water tank.
 
 A phantom is a list of polygonal targets (vertices in metres, counter-clockwise or not), each
 resistive (class 1, plastic: conductivity ``sigma0 * 10^-a``) or conductive (class 2, metal:
@@ -7,15 +7,18 @@ resistive (class 1, plastic: conductivity ``sigma0 * 10^-a``) or conductive (cla
 * disks (a 96-gon);
 * convex polygons, 3-7 vertices on an ellipse of axis ratio 0.4-1 (squares, triangles, bars);
 * star-shaped non-convex polygons, 5-12 vertices at jittered equal angles with radii 0.35-1 times
-  the enclosing radius (stars, crosses, L- and C-like shapes).
+  the enclosing radius (stars, crosses, L- and C-like shapes);
+* smooth non-convex blobs (hand-drawn-like): a radius ``1 + sum_k a_k cos(k t + phi_k)`` over
+  harmonics k = 2..5 with random amplitudes, 64 vertices (kidneys, peanuts, rounded crosses).
 
-Placement reuses the image families' disjoint-disk sampler (:func:`eit_manifold.data.images.disjoint_disks`)
-with the ``ktc`` family's ranges: enclosing radii 0.15-0.38 R, inside the disk of radius 0.92 R,
-at least 0.06 R apart. Contrast exponents ``a`` are uniform in [1, 4] (a factor 10 to 10^4: beyond
-a factor 10 the boundary data saturate, so the range covers insulators and good conductors without
-claiming to know the objects' material). These ranges are set a priori from the challenge's
-description (plastic and metal objects, one to three per case), not from the four training cases'
-scores.
+The number of targets is uniform in 1..:data:`MAX_TARGETS`. Placement reuses the image families'
+disjoint-disk sampler (:func:`eit_manifold.data.images.disjoint_disks`) with the ``ktc`` family's
+ranges: enclosing radii 0.15-0.38 R (four targets: :data:`FOUR_TARGET_RADII`, so that they fit),
+inside the disk of radius 0.92 R, at least 0.06 R apart. Contrast exponents ``a`` are uniform in
+[1, 4] (a factor 10 to 10^4: beyond a factor 10 the boundary data saturate, so the range covers
+insulators and good conductors without claiming to know the objects' material). These ranges are
+set a priori from the challenge's description (plastic and metal objects, one to four per case,
+hand-drawn-like shapes among them), not from the four training cases' scores.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from eit_manifold.data.images import (
 )
 from eit_manifold.ktc.data import RADIUS
 
-SHAPES = ("disk", "convex", "star")
+SHAPES = ("disk", "convex", "star", "blob")
 CONTRAST_EXPONENTS = (1.0, 4.0)
 DISK_VERTICES = 96
+BLOB_VERTICES = 64
+MAX_TARGETS = 4
+FOUR_TARGET_RADII = (0.12, 0.30)  # in units of R: four targets of the 1-3 range rarely fit (rejection)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,16 @@ def _star(rng: np.random.Generator, radius: float) -> np.ndarray:
     return np.column_stack([r * np.cos(t), r * np.sin(t)])
 
 
+def _blob(rng: np.random.Generator, radius: float) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, BLOB_VERTICES, endpoint=False)
+    k = np.arange(2, 6)
+    amp = rng.uniform(0, 0.45, k.size) / np.sqrt(k - 1)
+    r = 1 + (amp[:, None] * np.cos(k[:, None] * t + rng.uniform(0, 2 * np.pi, k.size)[:, None])).sum(axis=0)
+    r = np.maximum(r, 0.3)
+    r *= radius / r.max()  # the enclosing radius is reached
+    return np.column_stack([r * np.cos(t), r * np.sin(t)])
+
+
 def _disk(radius: float) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, DISK_VERTICES, endpoint=False)
     return radius * np.column_stack([np.cos(t), np.sin(t)])
@@ -65,12 +81,20 @@ def _disk(radius: float) -> np.ndarray:
 
 def sample_phantom(rng: np.random.Generator) -> list[Target]:
     """Draw one phantom (module docstring)."""
-    n = int(rng.integers(1, KTC_MAX_TARGETS + 1))
-    centres, radii = disjoint_disks(rng, n, KTC_RADII, KTC_MARGIN, KTC_GAP)
+    n = int(rng.integers(1, MAX_TARGETS + 1))
+    centres, radii = disjoint_disks(rng, n, KTC_RADII if n <= KTC_MAX_TARGETS else FOUR_TARGET_RADII, KTC_MARGIN,
+                                    KTC_GAP)
     targets = []
     for c, r in zip(centres * RADIUS, radii * RADIUS, strict=True):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        local = _disk(r) if shape == "disk" else ellipse_polygon(rng, r, 0.4) if shape == "convex" else _star(rng, r)
+        if shape == "disk":
+            local = _disk(r)
+        elif shape == "convex":
+            local = ellipse_polygon(rng, r, 0.4)
+        elif shape == "star":
+            local = _star(rng, r)
+        else:
+            local = _blob(rng, r)
         label = int(rng.integers(1, 3))
         exponent = rng.uniform(*CONTRAST_EXPONENTS)
         targets.append(Target(c + local, label, float(10.0 ** (exponent if label == 2 else -exponent))))

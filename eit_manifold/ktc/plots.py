@@ -36,36 +36,61 @@ def plot_case(path: str | os.PathLike, image: np.ndarray, segmentation: np.ndarr
     save_figure(fig, path)
 
 
-def plot_segmenter_validation(path: str | os.PathLike, net, data: dict, scores: dict, history: list[float],
+def plot_segmenter_validation(path: str | os.PathLike, scored: dict, truths: np.ndarray, history: list[float],
                               n: int = 6) -> None:
-    """Training loss, score histograms (network vs ``linear`` + Otsu) and ``n`` validation cases
-    (input reconstruction, network's classes, truth)."""
-    from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS
-    from eit_manifold.ktc.segmenter import predict
-
-    n = min(n, len(data["val_inputs"]))
-    fig = plt.figure(figsize=(2.2 * max(n, 4), 9.5), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 3])
-    ax_loss, ax_hist = top.subplots(1, 2)
+    """Training loss, mean simulated validation score per level (network vs ``linear`` + Otsu) and
+    ``n`` validation cases at the lowest and the highest level (input reconstruction, network's
+    classes), with their truths."""
+    levels = sorted(scored)
+    n = min(n, len(truths), len(scored[levels[0]]["inputs"]))
+    fig = plt.figure(figsize=(2.2 * max(n, 4), 11), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 4])
+    ax_loss, ax_lev = top.subplots(1, 2)
     ax_loss.semilogy(np.arange(1, len(history) + 1), history)
     ax_loss.set(xlabel="epoch", ylabel="training loss")
-    bins = np.linspace(0, 1, 26)
-    for name, values in scores.items():
-        ax_hist.hist(values, bins=bins, alpha=0.6, label=f"{name} (mean {np.mean(values):.3f})")
-    ax_hist.set(xlabel="challenge score (simulated validation)", ylabel="cases")
-    ax_hist.legend(fontsize=8)
-    axes = bottom.subplots(3, n, squeeze=False)
+    for name in ("learned", "linear"):
+        ax_lev.plot(levels, [scored[v][name].mean() for v in levels], "o-", label=name)
+    ax_lev.set(xlabel="level", ylabel="mean score (simulated validation)", ylim=(0, 1))
+    ax_lev.legend(fontsize=8)
+    shown = [levels[0], levels[-1]] if len(levels) > 1 else levels
+    axes = bottom.subplots(2 * len(shown) + 1, n, squeeze=False)
     ext = (-RADIUS, RADIUS, -RADIUS, RADIUS)
-    labels, _ = predict(net, data["val_inputs"][:n], min_pixels=MIN_COMPONENT_PIXELS)
+    for i, v in enumerate(shown):
+        for j in range(n):
+            image = scored[v]["inputs"][j, 0]
+            vmax = float(np.max(np.abs(image))) or 1.0
+            axes[2 * i, j].imshow(image, extent=ext, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            axes[2 * i + 1, j].imshow(scored[v]["final"][j], extent=ext, cmap=CLASS_COLOURS, vmin=0, vmax=2,
+                                      interpolation="nearest")
+        axes[2 * i, 0].set_title(f"level {v}: linear reconstruction", loc="left", fontsize=9)
+        axes[2 * i + 1, 0].set_title(f"level {v}: network", loc="left", fontsize=9)
     for j in range(n):
-        image = data["val_linear"][j]
-        vmax = float(np.max(np.abs(image))) or 1.0
-        axes[0, j].imshow(image, extent=ext, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        axes[1, j].imshow(labels[j], extent=ext, cmap=CLASS_COLOURS, vmin=0, vmax=2, interpolation="nearest")
-        axes[2, j].imshow(data["val_truths"][j], extent=ext, cmap=CLASS_COLOURS, vmin=0, vmax=2,
-                          interpolation="nearest")
-        for ax in axes[:, j]:
+        axes[-1, j].imshow(truths[j], extent=ext, cmap=CLASS_COLOURS, vmin=0, vmax=2, interpolation="nearest")
+    axes[-1, 0].set_title("truth", loc="left", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    save_figure(fig, path)
+
+
+def plot_level(path: str | os.PathLike, segmentations: dict[str, dict[str, np.ndarray]],
+               truths: dict[str, np.ndarray], title: str = "") -> None:
+    """One level at a glance: a row per case (truth if known, then each method's segmentation)."""
+    cases = list(segmentations)
+    methods = list(dict.fromkeys(m for per in segmentations.values() for m in per))
+    cols = len(methods) + (1 if truths else 0)
+    fig, axes = plt.subplots(len(cases), cols, figsize=(2.4 * cols, 2.4 * len(cases)), squeeze=False,
+                             layout="constrained")
+    ext = (-RADIUS, RADIUS, -RADIUS, RADIUS)
+    for i, case in enumerate(cases):
+        panels = ([("truth", truths.get(case))] if truths else []) + [(m, segmentations[case].get(m)) for m in methods]
+        for j, (name, seg) in enumerate(panels):
+            ax = axes[i, j]
+            if seg is not None:
+                ax.imshow(seg, extent=ext, cmap=CLASS_COLOURS, vmin=0, vmax=2, interpolation="nearest")
             ax.set_axis_off()
-    for ax, title in zip(axes[:, 0], ("linear reconstruction", "network", "truth"), strict=True):
-        ax.set_title(title, loc="left", fontsize=9)
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+        axes[i, 0].text(-0.08, 0.5, case, transform=axes[i, 0].transAxes, rotation=90, va="center", ha="right")
+    if title:
+        fig.suptitle(title)
     save_figure(fig, path)

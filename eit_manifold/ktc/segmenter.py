@@ -21,6 +21,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -158,44 +159,108 @@ def _check_pairs(inputs: np.ndarray, labels: np.ndarray, size: int) -> None:
         raise ValueError(f"labels must be 0, 1 or 2, found {bad.tolist()[:5]}")
 
 
+class ArraySource:
+    """Fixed training inputs (n, C, h, w) as a batch source of :func:`train_segmenter`."""
+
+    def __init__(self, inputs: np.ndarray):
+        self.inputs = np.ascontiguousarray(_as_channels(inputs), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def channels(self) -> int:
+        return self.inputs.shape[1]
+
+    def rms(self) -> np.ndarray:
+        """Per-channel rms over the training set."""
+        return np.sqrt(np.mean(self.inputs.astype(np.float64) ** 2, axis=(0, 2, 3)))
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Inputs of samples ``idx`` (``rng`` unused: fixed inputs)."""
+        return self.inputs[idx]
+
+
+class BatchSource(Protocol):
+    """Training inputs made per batch (e.g. fresh noise and a random level for every sample)."""
+
+    def __len__(self) -> int: ...  # noqa: D105
+
+    @property
+    def channels(self) -> int: ...  # noqa: D102
+
+    def rms(self) -> np.ndarray: ...  # noqa: D102
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...  # noqa: D102
+
+
+def initialise_from(net: SegmenterNet, state: dict) -> None:
+    """Copy a trained network's weights into ``net`` where the shapes allow: the first convolution of a
+    network with more input channels keeps the trained weights of the first channels and gets zeros
+    for the new ones (so it starts out computing what the trained one did), ``input_scale`` likewise."""
+    own = net.state_dict()
+    for name, value in state.items():
+        if name not in own:
+            continue
+        target = own[name]
+        if target.shape == value.shape:
+            target.copy_(value)
+        elif name == "input_scale" and value.ndim == 1 and value.numel() < target.numel():
+            target[: value.numel()] = value
+        elif name == "encoders.0.0.weight" and value.shape[1] < target.shape[1]:
+            c_old = value.shape[1] - 2  # the trained network's image channels; the last two are coordinates
+            target.zero_()
+            target[:, :c_old] = value[:, :c_old]
+            target[:, -2:] = value[:, -2:]
+    net.load_state_dict(own)
+
+
 def check_checkpoint(path: str | os.PathLike, config: TrainConfig, n: int, provenance: dict | None = None) -> dict:
     """Read a segmenter training checkpoint and check that it belongs to this run (settings, number
-    of training pairs and, when given, the provenance: data, simulation, seeds); cheap, so it runs
+    of training pairs and, when given, first the provenance: data, simulation, seeds); cheap, so it runs
     before any simulation. ``ValueError`` naming the first differences."""
     path = Path(path)
     state = load_training_checkpoint(path)
-    if state.get("config") != asdict(config) or state.get("n") != n:
-        raise ValueError(f"checkpoint {path} was written with other settings ({state.get('config')}, "
-                         f"n={state.get('n')}); remove it to start afresh")
     if provenance is not None:
         saved = state.get("provenance") or {}
         diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in provenance.items() if saved.get(k) != v]
         if diffs:
             raise ValueError(f"checkpoint {path} was written by another run ({'; '.join(diffs[:3])}); remove it or "
                              "choose another --out")
+    if state.get("config") != asdict(config) or state.get("n") != n:
+        raise ValueError(f"checkpoint {path} was written with other settings ({state.get('config')}, "
+                         f"n={state.get('n')}); remove it to start afresh")
     return state
 
 
 def train_segmenter(
-    inputs: np.ndarray,
+    inputs: np.ndarray | BatchSource,
     labels: np.ndarray,
     config: TrainConfig = TrainConfig(),
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    init: dict | None = None,
+    device: str | None = None,
     provenance: dict | None = None,
 ) -> tuple[SegmenterNet, list[float]]:
     """Train a :class:`SegmenterNet` on (reconstruction, classes) pairs.
 
     Parameters
     ----------
-    inputs : array (n, h, w) or (n, C, h, w)
-        Reconstructions divided by the water conductivity (``C`` of them per sample).
+    inputs : array (n, h, w) or (n, C, h, w), or BatchSource
+        Reconstructions divided by the water conductivity (``C`` of them per sample), or a source
+        that makes every batch afresh (its random draws come from a generator seeded by
+        ``(config.seed, epoch)``, so a resumed run draws the same).
     labels : array (n, size, size)
         Classes 0/1/2 on the network's grid.
     config : TrainConfig
         Settings; ``config.seed`` fixes the initialisation and the batch order.
     checkpoint : path, optional
         Written after every epoch; if it exists (same settings), training resumes from it.
+    init : dict, optional
+        State dict of a trained network to start from (:func:`initialise_from`).
+    device : str, optional
+        Torch device; default ``cuda`` when available, else ``cpu``.
     provenance : dict, optional
         What identifies the run beyond ``config`` (data, simulation, seeds): stored in the
         checkpoint and required to match when resuming.
@@ -203,50 +268,160 @@ def train_segmenter(
     Returns
     -------
     (SegmenterNet, list of float)
-        The network (eval mode) and the mean training loss of every epoch.
+        The network (eval mode, on the CPU) and the mean training loss of every epoch.
     """
-    _check_pairs(inputs, labels, config.size)
-    inputs = _as_channels(inputs)
+    source = inputs if not isinstance(inputs, np.ndarray) else None
+    if source is None:
+        _check_pairs(inputs, labels, config.size)
+        source = ArraySource(inputs)
+    elif len(source) != len(labels) or labels.ndim != 3 or labels.shape[1:] != (config.size, config.size):
+        raise ValueError(f"need labels (n, {config.size}, {config.size}) for the source's n = {len(source)}, got "
+                         f"{labels.shape}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
-    net = SegmenterNet(config.width, config.size, inputs.shape[1])
+    net = SegmenterNet(config.width, config.size, source.channels)
+    if init is not None:
+        initialise_from(net, init)
     # One scale per channel, 1 / its rms over the training set: the first layer sees values of order one.
-    rms = np.sqrt(np.mean(inputs.astype(np.float64) ** 2, axis=(0, 2, 3)))
-    net.input_scale.copy_(torch.from_numpy(1.0 / np.maximum(rms, 1e-12)))
+    scale = 1.0 / np.maximum(source.rms(), 1e-12)
+    if init is not None and "input_scale" in init:  # the trained channels keep the scale they were trained with
+        k = min(int(init["input_scale"].numel()), scale.size)
+        scale[:k] = init["input_scale"].reshape(-1)[:k].numpy()
+    net.input_scale.copy_(torch.from_numpy(scale).float())
+    net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    steps_per_epoch = math.ceil(len(inputs) / config.batch_size)
+    steps_per_epoch = math.ceil(len(source) / config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
     history: list[float] = []
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        state = check_checkpoint(ckpt, config, len(inputs), provenance)
+        state = check_checkpoint(ckpt, config, len(source), provenance)
         validate_state_dict(net, state["model"], str(ckpt))
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history = list(state["history"])
-    x_all = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     y_all = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
     net.train()
-    bar = tqdm(range(len(history), config.epochs), desc="training segmenter", disable=not progress)
-    for epoch in bar:
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(inputs))  # resumable order
+    bar = tqdm(total=config.epochs * steps_per_epoch, initial=len(history) * steps_per_epoch,
+               desc="training segmenter", disable=not progress)  # per batch: the bar's ETA is the run's
+    for epoch in range(len(history), config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])  # resumable order and draws
+        order = rng.permutation(len(source))
         total = 0.0
         for start in range(0, len(order), config.batch_size):
-            idx = torch.from_numpy(order[start:start + config.batch_size])
-            loss = segmentation_loss(net(x_all[idx]), y_all[idx])
+            idx = order[start:start + config.batch_size]
+            x = torch.from_numpy(np.ascontiguousarray(source.batch(idx, rng), dtype=np.float32)).to(device)
+            loss = segmentation_loss(net(x), y_all[torch.from_numpy(idx)].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
+            bar.update()
         history.append(total / len(order))
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
         if ckpt is not None:
-            save_training_checkpoint(ckpt, {"provenance": provenance, "config": asdict(config), "n": len(inputs),
+            save_training_checkpoint(ckpt, {"provenance": provenance, "config": asdict(config), "n": len(source),
                                             "model": net.state_dict(),
                                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                             "history": history})
-    return net.eval(), history
+    bar.close()
+    return net.cpu().eval(), history
+
+
+PRESENCE_FEATURES = ("area", "mass")
+
+
+def presence_features(labels: np.ndarray, probabilities: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per sample and target class (k, 2): ``area``, the pixels labelled with the class, and (with
+    ``probabilities`` (k, 3, s, s)) ``mass``, the sum of the class' probability over those pixels
+    (a large region the network is unsure of weighs less than its area)."""
+    labels = np.asarray(labels)
+    out = {"area": np.stack([(labels == c).sum(axis=(1, 2)) for c in (1, 2)], axis=1).astype(float)}
+    if probabilities is not None:
+        out["mass"] = np.stack([np.where(labels == c, probabilities[:, c], 0).sum(axis=(1, 2)) for c in (1, 2)],
+                               axis=1)
+    return out
+
+
+def fit_presence_rule(features: dict[str, np.ndarray], truths: np.ndarray) -> dict:
+    """Fit the class-presence rule on simulated pairs: class ``c`` counts as present when its feature
+    (:func:`presence_features`) reaches ``t_c``; per class the feature and threshold with the fewest
+    presence errors win (ties: ``area``, then the smallest threshold).
+
+    Returns
+    -------
+    dict
+        ``{"features": [f_1, f_2], "thresholds": [t_1, t_2], "errors": [..], "errors_before": [..], "n": k}``
+        (errors: presence decisions that disagree with the truths, with the rule; before: any pixel
+        of the class counts as presence), thresholds in pixels of the 256 x 256 grid.
+    """
+    present = presence_features(truths)["area"] > 0
+    scale = 256**2 / (truths.shape[-1] * truths.shape[-2])
+    chosen, thresholds, errors, before = [], [], [], []
+    for c in range(2):
+        best = None
+        for name in PRESENCE_FEATURES:
+            if name not in features:
+                continue
+            values = np.asarray(features[name][:, c], dtype=float)
+            candidates = np.unique(np.concatenate([[0.0], values]))
+            for t in candidates:
+                err = int(np.sum((values >= t) & (values > 0) != present[:, c]))
+                if best is None or err < best[0]:
+                    best = (err, name, float(t))
+        chosen.append(best[1])
+        thresholds.append(best[2] * scale)
+        errors.append(best[0])
+        before.append(int(np.sum((features["area"][:, c] > 0) != present[:, c])))
+    return {"features": chosen, "thresholds": thresholds, "errors": errors, "errors_before": before,
+            "n": int(len(truths))}
+
+
+def presence_errors(rule: dict | None, features: dict[str, np.ndarray], truths: np.ndarray) -> list[int]:
+    """Presence errors per target class of ``rule`` (None: any pixel counts) on other pairs (features
+    on the grid of ``truths``)."""
+    present = presence_features(truths)["area"] > 0
+    if rule:
+        scale = truths.shape[-1] * truths.shape[-2] / 256**2
+        rule = {**rule, "thresholds": [t * scale for t in rule["thresholds"]]}
+    kept = kept_classes(rule, features)
+    return [int(np.sum(kept[:, c] != present[:, c])) for c in range(2)]
+
+
+def kept_classes(rule: dict | None, features: dict[str, np.ndarray]) -> np.ndarray:
+    """(k, 2) bool: whether each target class is kept (present) under ``rule`` (None: any pixel)."""
+    area = features["area"]
+    kept = area > 0
+    if rule:
+        for c, (name, t) in enumerate(zip(rule["features"], rule["thresholds"], strict=True)):
+            if name not in PRESENCE_FEATURES:
+                raise ValueError(f"unknown class-presence feature {name!r}")
+            kept[:, c] &= features[name][:, c] >= t
+    return kept
+
+
+def apply_presence_rule(labels: np.ndarray, probabilities: np.ndarray | None, rule: dict | None) -> np.ndarray:
+    """``labels`` (k, s, s) with every class that the rule finds absent set to water (no rule: unchanged).
+    Thresholds are in pixels of the 256 x 256 grid; other grids are scaled by area."""
+    if not rule:
+        return labels
+    scale = labels.shape[-1] * labels.shape[-2] / 256**2
+    features = presence_features(labels, probabilities)
+    return drop_absent(labels, kept_classes({**rule, "thresholds": [t * scale for t in rule["thresholds"]]},
+                                            features))
+
+
+def drop_absent(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``labels`` (k, s, s) with class ``c`` set to water in every sample where ``kept[:, c - 1]`` is False."""
+    out = np.array(labels, copy=True)
+    for c in (1, 2):
+        drop = ~kept[:, c - 1]
+        sub = out[drop]
+        sub[sub == c] = 0
+        out[drop] = sub
+    return out
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Riemannian optimisation on a learned atlas: small verbs and a generic gradient descent."""
 
+from eit_manifold.optim.multistart import MultiStartResult, multistart_descent
 from eit_manifold.optim.riemannian import DescentHistory, DescentResult, RiemannianDescent
 from eit_manifold.optim.verbs import (
     choose_chart,
@@ -12,9 +13,11 @@ from eit_manifold.optim.verbs import (
 __all__ = [
     "DescentHistory",
     "DescentResult",
+    "MultiStartResult",
     "RiemannianDescent",
     "choose_chart",
     "decode_with_jacobian",
+    "multistart_descent",
     "retract_chart",
     "retract_projection",
     "riemannian_gradient",

@@ -178,7 +178,7 @@ def misfit_objective(problem: EITProblem, sigma_min: float, sigma_max: float):
 def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[np.ndarray, dict]:
     """Riemannian descent on the atlas; returns the conductivity image and method details."""
     from eit_manifold.manifold import load_atlas
-    from eit_manifold.optim import RiemannianDescent
+    from eit_manifold.optim import multistart_descent
 
     atlas = load_atlas(config.atlas)
     if atlas.image_shape is None or tuple(atlas.image_shape) != tuple(problem.operator.image_shape):
@@ -186,23 +186,18 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
             f"atlas {config.atlas!r} makes images of shape {atlas.image_shape}, the reconstruction uses "
             f"{problem.operator.image_shape}: pass --image-size {atlas.image_shape and atlas.image_shape[0]}"
         )
-    descent = RiemannianDescent(atlas, misfit_objective(problem, config.sigma_min, config.sigma_max),
-                                max_iter=config.iterations, max_step=5.0, step_init="auto", ftol=1e-5)
-    generator = torch.Generator().manual_seed(config.seed)
-    w, charts = descent.initial_points(config.starts, generator)
-    x0 = descent.decode_points(w, charts)
+    warm = None
     if config.warm_start:
         # Prior samples of a weak atlas can all be far from the data; the projection of a classic
         # reconstruction onto the atlas is a start that already explains most of the data.
         from eit_manifold.baselines.eit_absolute import reconstruct_baseline
 
         sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", config.sigma_min, config.sigma_max, 3)
-        x_gn = torch.as_tensor(conductivity_to_image(sigma_gn, config.sigma_min, config.sigma_max),
-                               dtype=x0.dtype)[None]
-        with torch.no_grad():
-            x_warm, k_warm = atlas.project_on_every_chart(x_gn)
-        x0, charts = torch.cat([x_warm, x0]), torch.cat([k_warm, charts])
-    result = descent.run(x0=x0, chart0=charts, progress=config.progress)
+        warm = torch.as_tensor(conductivity_to_image(sigma_gn, config.sigma_min, config.sigma_max))[None]
+    found = multistart_descent(atlas, misfit_objective(problem, config.sigma_min, config.sigma_max), warm,
+                               prior_starts=config.starts, seed=config.seed, max_iter=config.iterations, ftol=1e-5,
+                               progress=config.progress)
+    result, descent = found.result, found.descent
     x = result.x.detach().to(torch.float64)
     sigma = image_to_conductivity(x, config.sigma_min, config.sigma_max, clip=True).numpy()
     history = result.history.objective
@@ -216,7 +211,7 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         "objective_final": result.objective,
         "objective_per_start": result.objective_all.tolist(),
         "warm_start": config.warm_start,
-        "best_start_is_warm": bool(config.warm_start and result.best_start < atlas.n_charts),
+        "best_start_is_warm": found.best_is_warm,
         "stopping": {"reason": result.stop_reason, "window": descent.stop_window, "rtol": descent.stop_rtol,
                      "max_iter": descent.max_iter, "best_objective": result.best_objective.tolist()},
     }
