@@ -428,8 +428,10 @@ class AtlasPosterior:
             def objective(x: Tensor) -> Tensor:
                 return 0.5 * (res(x) ** 2).sum(dim=1)
 
+            # No batch-level stopping rule: it watches the best objective of the whole batch, so the
+            # chains' starts would depend on how the chains are split over MPI processes.
             descent = RiemannianDescent(self.atlas, objective, max_iter=self.descent_iter, hysteresis=None,
-                                        step_init="auto", max_step=5.0, ftol=1e-6)
+                                        step_init="auto", max_step=5.0, ftol=1e-6, stop_window=None)
             with torch.no_grad():
                 x0 = chart.decode(w0)
             w0 = descent.run(x0=x0, chart0=torch.full((len(w0),), k)).w_all.detach().to(torch.float64)
