@@ -107,9 +107,17 @@ class ChartPotential:
         self.evaluations = 0
 
     def _split(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        r = self.residual(self.chart.decode(w))
+        # One item at a time: the float32 networks' batched kernels round differently for different
+        # batch sizes, and MCMC amplifies that round-off (accept/reject decisions flip), so a chain
+        # must not depend on which other chains share its process: then ``mpirun -n P`` draws the
+        # very same chains as a serial run.
+        nll, energy = [], []
+        for wi in w.split(1):
+            r = self.residual(self.chart.decode(wi))
+            nll.append(0.5 * (r**2).sum(dim=1))
+            energy.append(self.chart.prior.energy(wi).to(torch.float64))
         self.evaluations += w.shape[0]
-        return 0.5 * (r**2).sum(dim=1), self.chart.prior.energy(w).to(torch.float64)
+        return torch.cat(nll), torch.cat(energy)
 
     def value(self, w: Tensor) -> Tensor:
         """``U(w)`` ``(B,)``, no gradient; NaN/inf stay (rejected by the sampler)."""
@@ -131,11 +139,12 @@ class ChartPotential:
         b, d = w.shape
         w = w.detach().to(torch.float64)
         step = h * torch.eye(d, dtype=w.dtype)
-        pts = torch.cat([(w[:, None, :] + step).reshape(-1, d), (w[:, None, :] - step).reshape(-1, d)])
+        # the 2d points of each item form one batch of their own (batch-invariance, see _split)
+        pts = torch.cat([w[:, None, :] + step, w[:, None, :] - step], dim=1)  # (B, 2d, d)
         with torch.no_grad():
-            r = self.residual(self.chart.decode(pts))
-        self.evaluations += pts.shape[0]
-        r_plus, r_minus = r[: b * d].reshape(b, d, -1), r[b * d :].reshape(b, d, -1)
+            r = torch.stack([self.residual(self.chart.decode(p)) for p in pts])  # (B, 2d, m)
+        self.evaluations += b * 2 * d
+        r_plus, r_minus = r[:, :d], r[:, d:]
         jac = (r_plus - r_minus) / (2 * h)  # (B, d, m): rows are d r / d w_j
         jtj = jac @ jac.transpose(1, 2)
         hess = torch.stack([torch.autograd.functional.hessian(
