@@ -2,7 +2,8 @@
 
 Both estimate sigma on a pixel grid (``GRID`` x ``GRID`` over [-R, R]^2, the pixels that meet the
 mesh) and minimise the whitened misfit ``0.5 ||(F(sigma) - d) / std||^2`` plus a regulariser, by
-Gauss-Newton steps on the linearised problem (Jacobian from adjoint solves):
+Gauss-Newton steps on the linearised problem (Jacobian from adjoint solves;
+:func:`eit_manifold.optim.least_squares.gauss_newton`, globalisation ``none``):
 
 * ``gauss-newton``: Tikhonov with the Gaussian smoothness prior (correlation length R/4) around
   the best homogeneous conductivity ``sigma0``; one step is the classic one-step (NOSER-like)
@@ -33,11 +34,11 @@ from eit_manifold.baselines.eit_linear import (
     jacobian_in_basis,
     pixel_basis,
     smoothness_prior_factor,
-    tikhonov_solve,
     tv_solve,
 )
 from eit_manifold.operators.eit import CEMForwardModel
 from eit_manifold.operators.noise import RelativeNoise
+from eit_manifold.optim.least_squares import gauss_newton
 
 BASELINES = ("gauss-newton", "tv")
 GRID = 32
@@ -63,16 +64,18 @@ def validated_weight(method: str, noise_level: float) -> float:
 
 
 def homogeneous_fit(model: CEMForwardModel, data: np.ndarray, start: float = 1.0, steps: int = 8) -> float:
-    """Best constant conductivity (least squares) by scalar Gauss-Newton on log sigma."""
-    s = np.log(start)
+    """Best constant conductivity (least squares) by ``steps`` scalar Gauss-Newton steps on log sigma."""
     ones = np.ones(model.n_cells)
-    for _ in range(steps):
-        res = model.solve(np.exp(s) * ones)
-        r = (data - res.measurements).ravel()
-        # dF/d(log s) = sigma * sum over cells of dF/dsigma_T = sigma * J @ 1, computed by one VJP per datum
-        j = np.exp(s) * model.jacobian(res).reshape(-1, model.n_cells) @ ones
-        s += float(j @ r / (j @ j))
-    return float(np.exp(s))
+
+    def residual(s: np.ndarray):
+        res = model.solve(np.exp(s[0]) * ones)
+        return (res.measurements - data).ravel(), res
+
+    def jacobian(s: np.ndarray, res) -> np.ndarray:
+        # dF/d(log s) = sigma * sum over cells of dF/dsigma_T = sigma * J @ 1
+        return (np.exp(s[0]) * model.jacobian(res).reshape(-1, model.n_cells) @ ones)[:, None]
+
+    return float(np.exp(gauss_newton(residual, jacobian, np.log([start]), max_iter=steps).x[0]))
 
 
 def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: float,
@@ -109,28 +112,32 @@ def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: floa
     weight = validated_weight(method, problem.data.noise_level) if weight is None else float(weight)
     basis = pixel_basis(model, GRID)
     sigma0 = homogeneous_fit(model, data)
-    x = np.full(basis.size, sigma0)
-    residuals = []
+    centre = np.full(basis.size, sigma0)
+
+    def residual(x: np.ndarray):
+        res = model.solve(basis.matrix @ x)
+        return (res.measurements.ravel() - data.ravel()) / std, res
+
+    def jacobian(x: np.ndarray, res) -> np.ndarray:
+        return jacobian_in_basis(model, res, basis.matrix) / std[:, None]
+
+    prior, step = None, None
     if method == "gauss-newton":
         L = smoothness_prior_factor(basis.centres, corr_length=model.tank.radius / 4, std=1.0)
+        prior = (np.sqrt(weight) * L, centre)  # the functional is regularised around sigma0, not around x
     else:
         G = grid_gradient(basis)
-    for _ in range(max(1, iterations)):
-        res = model.solve(basis.matrix @ x)
-        r = (data - res.measurements).ravel()
-        residuals.append(float(np.linalg.norm(r / std)))
-        J = jacobian_in_basis(model, res, basis.matrix)
-        rhs = r + J @ (x - sigma0)  # the functional is regularised around sigma0, not around x
-        if method == "gauss-newton":
-            dx = tikhonov_solve(J, rhs, std, np.sqrt(weight) * L)
-        else:
-            dx = tv_solve(J, rhs, std, G, lam=weight, cell_area=basis.pixel_size**2, beta=1e-2, x0=x - sigma0,
-                          max_iter=15)[0]
-        x_new = np.clip(sigma0 + dx, sigma_min, sigma_max)
-        change = np.linalg.norm(x_new - x) / np.linalg.norm(x_new)
-        x = x_new
-        if change < STEP_TOL:
-            break
+
+        def step(x: np.ndarray, r: np.ndarray, J: np.ndarray) -> np.ndarray:
+            # lagged-diffusivity solve of the linearised TV problem, in the whitened units of r and J
+            dx = tv_solve(J, J @ (x - sigma0) - r, np.ones_like(r), G, lam=weight, cell_area=basis.pixel_size**2,
+                          beta=1e-2, x0=x - sigma0, max_iter=15)[0]
+            return sigma0 + dx
+
+    result = gauss_newton(residual, jacobian, centre, prior=prior, step=step,
+                          project=lambda x: np.clip(x, sigma_min, sigma_max), max_iter=max(1, iterations),
+                          step_tol=STEP_TOL)
+    x, residuals = result.x, result.residual_norm
     coarse = basis.to_image(x, fill=sigma0)
     H, W = problem.operator.image_shape
     factor = H // GRID

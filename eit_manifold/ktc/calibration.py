@@ -48,6 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from eit_manifold.ktc.data import N_ELECTRODES, RADIUS, KTCMeasurement
 from eit_manifold.operators.eit import CEMForwardModel, MeshOptions, Tank, TankMesh, tank_mesh
+from eit_manifold.optim.least_squares import forward_difference_jacobian, gauss_newton
 
 # Geometry found by the checks in docs/ktc.md (electrode 1 and orientation against data1-4).
 ELECTRODE_WIDTH = 0.015  # m: fits ref.mat better than the nominal 2*pi*R/64 = 1.13 cm (docs/ktc.md)
@@ -284,29 +285,15 @@ class Calibration:
 def _levenberg_marquardt(
     residual_fn, theta: np.ndarray, max_iter: int, tol: float, step: float = 1e-6
 ) -> tuple[np.ndarray, list[float]]:
-    """Minimise ``||r(theta)||^2`` by damped Gauss-Newton with a forward-difference Jacobian."""
-    r = residual_fn(theta)
-    history = [float(r @ r)]
-    lam = 1e-3
-    for _ in range(max_iter):
-        J = np.empty((r.size, theta.size))
-        for k in range(theta.size):
-            t = theta.copy()
-            t[k] += step
-            J[:, k] = (residual_fn(t) - r) / step
-        JtJ, g = J.T @ J, J.T @ r
-        improved = False
-        for _ in range(12):
-            delta = np.linalg.solve(JtJ + lam * np.diag(np.diag(JtJ) + 1e-12 * np.trace(JtJ)), -g)
-            r_new = residual_fn(theta + delta)
-            if r_new @ r_new < r @ r:
-                theta, r, lam, improved = theta + delta, r_new, max(lam / 5, 1e-9), True
-                break
-            lam *= 10
-        history.append(float(r @ r))
-        if not improved or history[-2] - history[-1] <= tol * history[-2]:
-            break
-    return theta, history
+    """Minimise ``||r(theta)||^2`` by Levenberg-Marquardt with a forward-difference Jacobian.
+
+    Returns ``theta`` and ``||r||^2`` after every iteration (the start first; an iteration whose
+    trials all failed repeats the last value), so ``len(history) - 1`` iterations ran.
+    """
+    result = gauss_newton(lambda t: (residual_fn(t),) * 2, forward_difference_jacobian(residual_fn, step), theta,
+                          globalisation="levenberg-marquardt", max_iter=max_iter, rtol=tol)
+    history = [n**2 for n in result.residual_norm]
+    return result.x, history + history[-1:] * (result.iterations + 1 - len(history))
 
 
 # One BLAS thread: the fits' forward-difference Jacobians amplify the round-off of threaded BLAS

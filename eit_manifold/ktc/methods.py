@@ -51,6 +51,7 @@ from eit_manifold.ktc.levels import electrode_mask, level_rows, removed_map
 from eit_manifold.ktc.score import check_segmentation
 from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
 from eit_manifold.operators.eit import CEMForwardModel
+from eit_manifold.optim.least_squares import gauss_newton
 
 if TYPE_CHECKING:
     from eit_manifold.ktc.segmenter import SegmenterNet
@@ -326,7 +327,8 @@ def absolute_method(ctx: ReconstructionContext, change: np.ndarray) -> MethodRes
     Uses ``U = U_ref + change`` and the calibrated absolute model ``F(sigma) + c`` (``c`` the
     channel offsets) with the ``linear`` method's noise model and smoothness prior (centred on the
     calibrated background); :data:`ABSOLUTE_ITERATIONS` Gauss-Newton steps, each halved until the
-    MAP objective decreases. Returns ``sigma - sigma0`` on the pixel grid.
+    MAP objective decreases (:func:`~eit_manifold.optim.least_squares.gauss_newton`, globalisation
+    ``halving``). Returns ``sigma - sigma0`` on the pixel grid.
     """
     u = ctx.reference.data.ravel() + change
     prior = ctx.prior()
@@ -334,25 +336,15 @@ def absolute_method(ctx: ReconstructionContext, change: np.ndarray) -> MethodRes
     floor = SIGMA_FLOOR * ctx.sigma0
     offsets = ctx.channel_offsets
 
-    def solve(x: np.ndarray):
+    def residual(x: np.ndarray):
         result = ctx.model.solve(np.maximum(ctx.sigma0 + basis @ x, floor))
-        r = (u - (result.measurements + offsets).ravel()) / ctx.std
-        return result, r, 0.5 * (r @ r) + 0.5 * np.sum((prior @ x) ** 2)
+        return ((result.measurements + offsets).ravel() - u) / ctx.std, result
 
-    x = np.zeros(basis.shape[1])
-    result, r, phi = solve(x)
-    for _ in range(ABSOLUTE_ITERATIONS):
-        jw = jacobian_in_basis(ctx.model, result, basis) / ctx.std[:, None]
-        lhs = jw.T @ jw + prior.T @ prior
-        step = scipy.linalg.solve(lhs, jw.T @ r - prior.T @ (prior @ x), assume_a="pos")
-        for _ in range(6):  # halve the step until the objective decreases
-            trial = solve(x + step)
-            if trial[2] < phi:
-                break
-            step = 0.5 * step
-        else:
-            break
-        x, (result, r, phi) = x + step, trial
+    def jacobian(x: np.ndarray, result) -> np.ndarray:
+        return jacobian_in_basis(ctx.model, result, basis) / ctx.std[:, None]
+
+    x = gauss_newton(residual, jacobian, np.zeros(basis.shape[1]), prior=(prior, np.zeros(basis.shape[1])),
+                     globalisation="halving", max_iter=ABSOLUTE_ITERATIONS, max_trials=6).x
     return MethodResult(ctx.basis.to_image(x))
 
 

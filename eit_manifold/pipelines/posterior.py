@@ -180,7 +180,7 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
 
 def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     """The EIT posterior of a measurement file on the reconstruction mesh (on ``comm``)."""
-    from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
+    from eit_manifold.operators.eit.conductivity_map import conductivity_to_image, image_to_conductivity
     from eit_manifold.operators.noise import RelativeNoise
     from eit_manifold.optim.posterior import gaussian_residual
     from eit_manifold.pipelines.reconstruct import load_problem
@@ -203,7 +203,7 @@ def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
         from eit_manifold.baselines.eit_absolute import reconstruct_baseline
 
         sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", lo, hi, 3)
-        warm = torch.as_tensor((sigma_gn - lo) / (hi - lo), dtype=torch.float32)
+        warm = torch.as_tensor(conductivity_to_image(sigma_gn, lo, hi), dtype=torch.float32)
     truth = problem.truth
     return PosteriorProblem(atlas, gaussian_residual(forward, torch.tensor(d), torch.tensor(std)),
                             lambda x: image_to_conductivity(x, lo, hi, clip=True), truth, problem.inside, warm,

@@ -16,10 +16,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from eit_manifold.baselines.eit_absolute import homogeneous_fit, validated_weight
-from eit_manifold.baselines.eit_linear import jacobian_in_basis, smoothness_prior_factor, tikhonov_solve
+from eit_manifold.baselines.eit_linear import jacobian_in_basis, smoothness_prior_factor
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.pixels import voxel_centres
 from eit_manifold.operators.noise import RelativeNoise
+from eit_manifold.optim.least_squares import gauss_newton
 
 DEFAULT_GRID = (6, 16, 16)
 # Iterations stop once the whitened residual is within this factor of its noise-only value sqrt(m).
@@ -97,19 +98,18 @@ def gauss_newton_3d(
     sigma0 = homogeneous_fit(model, data)
     x = np.full(basis.size, sigma0)
     L = smoothness_prior_factor(basis.centres, corr_length=model.tank.radius / 4, std=1.0)
-    weight, residuals = validated_weight("gauss-newton", noise_level), []
-    for _ in range(max(1, int(iterations))):
+    weight = validated_weight("gauss-newton", noise_level)
+
+    def residual(x: np.ndarray):
         res = model.solve(basis.matrix @ x)
-        r = (data - res.measurements).ravel()
-        residuals.append(float(np.linalg.norm(r / std)))
-        if residuals[-1] <= TAU * np.sqrt(r.size):
-            break
-        J = jacobian_in_basis(model, res, basis.matrix)
-        rhs = r + J @ (x - sigma0)
+        return (res.measurements - data).ravel() / std, res
 
-        def step(w: float, J=J, rhs=rhs) -> np.ndarray:
-            return tikhonov_solve(J, rhs, std, np.sqrt(w) * L)
+    def jacobian(x: np.ndarray, res) -> np.ndarray:
+        return jacobian_in_basis(model, res, basis.matrix) / std[:, None]
 
-        x = np.clip(sigma0 + step(weight), sigma_min, sigma_max)
+    result = gauss_newton(residual, jacobian, x, prior=(np.sqrt(weight) * L, x.copy()),
+                          project=lambda v: np.clip(v, sigma_min, sigma_max), max_iter=max(1, int(iterations)),
+                          residual_tol=TAU * np.sqrt(data.size))
+    x, residuals = result.x, result.residual_norm
     return basis.matrix @ x, basis.to_grid(x), {"sigma0": sigma0, "weight": weight, "iterations": len(residuals),
                                                 "whitened_residual": residuals, "grid": list(basis.shape)}
