@@ -277,3 +277,41 @@ def test_stop_reason_converged_and_bad_window() -> None:
         RiemannianDescent(circle_atlas(), dist2_to([0.0, 0.0]), stop_window=0)
     with pytest.raises(ValueError, match="stop_rtol"):
         RiemannianDescent(circle_atlas(), dist2_to([0.0, 0.0]), stop_rtol=-1.0)
+
+
+# --------------------------------------------------------------------------- pruning
+def test_pruning_halves_the_starts_and_keeps_the_winner() -> None:
+    """Successive halving: after iterations 3 and 6 the worse half of the surviving starts stops,
+    ranked by their objective then; the result is the unpruned run's whenever its winner survives."""
+    atlas = two_circles_atlas()
+    objective = dist2_to([0.2, 0.0])
+    kw = {"max_iter": 40, "ftol": 0.0, "gtol": 0.0, "max_step": 0.05, "stop_window": None}
+    torch.manual_seed(1)
+    full = RiemannianDescent(atlas, objective, **kw).run(n_starts=8)
+    torch.manual_seed(1)
+    pruned = RiemannianDescent(atlas, objective, prune_at=(3, 6), **kw).run(n_starts=8)
+    obj = full.history.objective
+    first = np.argsort(obj[3], kind="stable")[4:]  # the worse 4 of 8 after iteration 3
+    survivors = np.argsort(obj[3], kind="stable")[:4]
+    second = survivors[np.argsort(obj[6][survivors], kind="stable")[2:]]
+    expected = np.full(8, -1)
+    expected[first], expected[second] = 3, 6
+    np.testing.assert_array_equal(pruned.pruned, expected)
+    assert (full.pruned == -1).all()
+    # a pruned start no longer moves; the others follow the unpruned run exactly
+    hist = pruned.history.objective
+    assert np.all(hist[4:, first] == hist[3, first]) and np.all(hist[7:, second] == hist[6, second])
+    kept = expected < 0
+    # (the pruned run may end earlier: it stops once its own starts have all stopped)
+    np.testing.assert_allclose(hist[:, kept], obj[: len(hist), kept], rtol=1e-12)
+    assert pruned.n_iter > 6
+    assert full.best_start in np.flatnonzero(kept)
+    assert pruned.best_start == full.best_start and pruned.objective == pytest.approx(full.objective, rel=1e-12)
+    with pytest.raises(ValueError, match="prune_at"):
+        RiemannianDescent(atlas, objective, prune_at=(0,))
+
+
+def test_multistart_descent_passes_the_pruning_schedule() -> None:
+    atlas = two_circles_atlas()
+    found = multistart_descent(atlas, dist2_to([0.2, 0.0]), prior_starts=6, max_iter=10, prune_at=(2,))
+    assert (found.result.pruned == 2).sum() == 3

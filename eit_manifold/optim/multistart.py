@@ -52,6 +52,7 @@ def multistart_descent(
     max_step: float = 5.0,
     stop_window: int | None = 10,
     stop_rtol: float = 1e-3,
+    prune_at: tuple[int, ...] = (),
     progress: bool = False,
 ) -> MultiStartResult:
     """Minimise ``objective`` over ``atlas`` from prior samples and projected warm starts.
@@ -72,6 +73,8 @@ def multistart_descent(
         Descent settings (:class:`RiemannianDescent`, first step ``"auto"``).
     stop_window, stop_rtol : int or None, float
         The descent's stopping rule on the best objective (:class:`RiemannianDescent`; ``None``: off).
+    prune_at : tuple of int
+        Iterations after which the worse half of the starts stops (:class:`RiemannianDescent`).
     progress : bool
         Show the descent's progress bar.
 
@@ -82,7 +85,7 @@ def multistart_descent(
     if int(prior_starts) != prior_starts or prior_starts < 0:
         raise ValueError(f"prior_starts must be a non-negative integer, got {prior_starts!r}")
     descent = RiemannianDescent(atlas, objective, max_iter=max_iter, max_step=max_step, step_init="auto", ftol=ftol,
-                                stop_window=stop_window, stop_rtol=stop_rtol)
+                                stop_window=stop_window, stop_rtol=stop_rtol, prune_at=prune_at)
     w, charts = descent.initial_points(max(prior_starts, 1), torch.Generator().manual_seed(seed))
     x0 = descent.decode_points(w, charts)[:prior_starts]
     charts = charts[:prior_starts]

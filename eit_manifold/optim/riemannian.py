@@ -27,6 +27,12 @@ iterations, or (the *window rule*, on by default) when the best objective over a
 ``b_t = min_i F_i(t)`` has decreased by less than ``stop_rtol`` (relative) over the last
 ``stop_window`` iterations: ``b_{t-W} - b_t <= stop_rtol * |b_{t-W}|``. The best objective is what
 is returned, so once it stalls further iterations only polish starts that are not the best.
+
+**Pruning** (``prune_at``, off by default): after each listed iteration the worse half of the
+starts not pruned yet (ranked by their current objective; the better half rounded up is kept)
+stops, so a multi-start run spends its iterations on the starts that can still win (successive
+halving). A pruned start keeps its state and can never be the best: a better one is always kept,
+and objectives only decrease.
 """
 
 from __future__ import annotations
@@ -113,6 +119,8 @@ class DescentResult:
     stop_reason : str
         ``"window"`` (the best objective stalled), ``"converged"`` (every start stopped) or
         ``"max_iter"``.
+    pruned : np.ndarray
+        ``(B,)`` iteration after which each start was pruned (-1: never).
     """
 
     x: Tensor
@@ -127,6 +135,7 @@ class DescentResult:
     converged: np.ndarray
     history: DescentHistory = field(repr=False)
     stop_reason: str = "max_iter"
+    pruned: np.ndarray | None = None
 
     @property
     def n_iter(self) -> int:
@@ -216,6 +225,8 @@ class RiemannianDescent:
         Whether ``objective`` accepts a batch.
     record_iterates : bool
         Keep every iterate in the history (for trajectory figures; memory ``T * B * n``).
+    prune_at : sequence of int
+        Iterations after which the worse half of the starts stops (module docstring); empty: off.
     """
 
     def __init__(
@@ -240,6 +251,7 @@ class RiemannianDescent:
         latent_bound: float | None = 0.9,
         batched: bool = True,
         record_iterates: bool = False,
+        prune_at: Sequence[int] = (),
     ) -> None:
         if retraction not in RETRACTIONS:
             raise ValueError(f"retraction must be one of {RETRACTIONS}, got {retraction!r}")
@@ -288,6 +300,9 @@ class RiemannianDescent:
         self.latent_bound = latent_bound
         self.batched = batched
         self.record_iterates = record_iterates
+        if any(int(t) != t or t < 1 for t in prune_at):
+            raise ValueError(f"prune_at must list positive iteration numbers, got {tuple(prune_at)!r}")
+        self.prune_at = tuple(sorted({int(t) for t in prune_at}))
 
     # ------------------------------------------------------------------ objective helpers
     def _f(self, x: Tensor) -> Tensor:
@@ -396,6 +411,19 @@ class RiemannianDescent:
         with torch.no_grad():
             probs = self.atlas.chart_probabilities(st.x[idx])
         return choose_chart(probs, st.chart[idx], self.hysteresis)
+
+    @staticmethod
+    def _prune(st: _State, alive: np.ndarray) -> np.ndarray:
+        """Stop the worse half of the ``alive`` starts (not pruned before), ranked by their current
+        objective (NaN/inf last); returns the mask of the starts stopped now."""
+        f = st.f.clone()
+        f[~torch.isfinite(f)] = float("inf")
+        idx = torch.as_tensor(np.flatnonzero(alive))
+        order = idx[torch.argsort(f[idx], stable=True)]
+        worse = torch.zeros(f.shape[0], dtype=torch.bool)
+        worse[order[(len(order) + 1) // 2:]] = True
+        st.active &= ~worse
+        return worse.numpy()
 
     def _line_search(
         self,
@@ -530,6 +558,7 @@ class RiemannianDescent:
         iterates = [st.x.reshape(b, -1).double().numpy().copy()] if self.record_iterates else None
         bar = tqdm(total=self.max_iter, desc="descent", disable=not progress, leave=False)
         best = [float(best_per_iteration(objs[0][None])[0])]
+        pruned = np.full(b, -1)
         reason = "max_iter"
         for _ in range(self.max_iter):
             if not st.active.any():
@@ -547,6 +576,8 @@ class RiemannianDescent:
             steps.append(step.numpy())
             sw.append(switched.numpy())
             best.append(float(best_per_iteration(objs[-1][None])[0]))
+            if len(steps) in self.prune_at:
+                pruned[self._prune(st, pruned < 0)] = len(steps)
             if iterates is not None:
                 iterates.append(st.x.reshape(b, -1).double().numpy().copy())
         else:
@@ -578,4 +609,5 @@ class RiemannianDescent:
             converged=(~st.active).numpy().copy(),
             history=history,
             stop_reason=reason,
+            pruned=pruned,
         )
