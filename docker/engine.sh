@@ -17,8 +17,11 @@ if [ "$ENGINE" = podman ]; then
     ENGINE_CMD+=(--runtime runc)
   fi
   # Podman's default ulimits (RLIMIT_NOFILE 1048576) exceed what unprivileged hosts allow; keep the host's.
+  # One fixed per-user file (rewritten each time) rather than a temporary that no trap could remove:
+  # the scripts sourcing this set EXIT traps of their own.
   if [ -z "${CONTAINERS_CONF:-}" ] && [ ! -f /etc/containers/containers.conf ]; then
-    CONTAINERS_CONF=$(mktemp)
+    CONTAINERS_CONF="${XDG_CACHE_HOME:-$HOME/.cache}/eit-manifold/containers.conf"
+    mkdir -p "$(dirname "$CONTAINERS_CONF")"
     printf '[containers]\ndefault_ulimits = []\n' > "$CONTAINERS_CONF"
     export CONTAINERS_CONF
   fi

@@ -309,6 +309,20 @@ def _cases():
     yield ("atlas-plot-huge", lambda t, ms: ["atlas-plot", str(_atlas_with(t, blocks=10**6))], "blocks must be in")
     yield ("atlas-plot-string-size", lambda t, ms: ["atlas-plot", str(_atlas_with(t, hidden="big"))], "integer")
     yield ("atlas-plot-device", lambda t, ms: ["atlas-plot", "balls", "--out", "/dev/null"], "is a device")
+    post = ["posterior", "--operator", "blur", "--heldout", "1"]
+    for name, args, message in (
+            ("samples", ["--samples", "4"], "--samples must be >= 8"),
+            ("chains", ["--chains", "0"], "--chains must be >= 1"),
+            ("thin", ["--thin", "0"], "--thin must be >= 1"),
+            ("burn-in", ["--burn-in", "-1"], "--burn-in must be >= 0"),
+            ("noise", ["--noise-level", "-0.1"], "--noise-level must be > 0"),
+            ("sigma", ["--sigma-min", "2", "--sigma-max", "1"], "smaller than"),
+            ("seed", ["--seed", "-3"], "--seed must be in"),
+            ("heldout", ["--heldout", "-2"], "--heldout must be >= 0"),
+            ("operator", ["--operator", "xray"], "--operator must be one of eit, blur")):
+        yield (f"posterior-{name}", lambda t, ms, a=args: [*post, *a, "--out", str(t / "p")], message)
+    yield ("posterior-eit-needs-data", lambda t, ms: ["posterior", "--heldout", "1", "--out", str(t / "p")],
+           "needs --data")
 
 
 def _ktc_copy_dir(root: Path) -> Path:

@@ -22,7 +22,6 @@ Outputs in ``--out``: ``mean.npy``, ``std.npy``, ``q05.npy``, ``q95.npy``, ``cha
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,14 @@ import numpy as np
 import torch
 
 from eit_manifold.io import check_output_dir, save_npy_atomic, save_npz_atomic, staged_dir, write_json
+from eit_manifold.validation import (
+    InputError,
+    check_choice,
+    check_int,
+    check_positive,
+    check_seed,
+    check_sigma_range,
+)
 
 OPERATORS = ("eit", "blur")
 BLUR_KEYS = ("data", "noise_std", "kernel_size", "kernel_std", "background")
@@ -65,27 +72,27 @@ class PosteriorConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.operator not in OPERATORS:
-            raise ValueError(f"unknown operator {self.operator!r}: choose one of {', '.join(OPERATORS)}")
+        check_choice("--operator", self.operator, OPERATORS)
         if self.atlas is None:
             self.atlas = "balls" if self.operator == "eit" else "bars"
         if self.operator == "eit" and (self.data is None or self.heldout is not None):
-            raise ValueError("the eit operator needs --data FILE.npz (and no --heldout)")
+            raise InputError("the eit operator needs --data FILE.npz (and no --heldout)")
         if self.operator == "blur" and (self.data is None) == (self.heldout is None):
-            raise ValueError("the blur operator needs exactly one of --data FILE.npz and --heldout I")
-        for name in ("samples", "chains", "save_samples", "importance_samples", "starts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.samples < 8:
-            raise ValueError(f"--samples must be >= 8 (draws per chain), got {self.samples}")
-        if self.burn_in < 0 or self.descent_iter < 0:
-            raise ValueError(f"--burn-in and --descent-iter must be >= 0, got {self.burn_in}, {self.descent_iter}")
-        if self.thin is not None and self.thin < 1:
-            raise ValueError(f"--thin must be >= 1, got {self.thin}")
-        if self.noise_level is not None and not (math.isfinite(self.noise_level) and self.noise_level > 0):
-            raise ValueError(f"--noise-level must be positive, got {self.noise_level}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+            raise InputError("the blur operator needs exactly one of --data FILE.npz and --heldout I")
+        # draws per chain: the split R-hat and the ESS need a few per half chain
+        self.samples = check_int("--samples", self.samples, 8)
+        for name in ("chains", "save_samples", "importance_samples", "starts"):
+            setattr(self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1))
+        self.burn_in = check_int("--burn-in", self.burn_in, 0)
+        self.descent_iter = check_int("--descent-iter", self.descent_iter, 0)
+        if self.thin is not None:
+            self.thin = check_int("--thin", self.thin, 1)
+        if self.noise_level is not None:
+            self.noise_level = check_positive("--noise-level", self.noise_level)
+        if self.heldout is not None:
+            self.heldout = check_int("--heldout", self.heldout, 0)
+        self.sigma_min, self.sigma_max = check_sigma_range(self.sigma_min, self.sigma_max)
+        check_seed("--seed", self.seed)
 
 
 @dataclass
