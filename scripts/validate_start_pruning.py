@@ -82,10 +82,11 @@ def main() -> None:
         rows.append(row)
         print(i, f"err {err:.4f} {seconds:.0f}s iter {res.n_iter} winner {res.best_start}",
               {k: row[k]["winner_kept"] for k in SCHEDULES}, flush=True)
-    summary = {name: {"winner_kept": sum(r[name]["winner_kept"] for r in rows), "of": len(rows),
-                      "cost_fraction": float(np.mean([r[name]["cost"] / r[name]["full_cost"] for r in rows]))}
-               for name in SCHEDULES}
-    write_json(args.out, {"atlas": args.atlas, "summary": summary, "rows": rows})
+        summary = {name: {"winner_kept": sum(r[name]["winner_kept"] for r in rows), "of": len(rows),
+                          "cost_fraction": float(np.mean([r[name]["cost"] / r[name]["full_cost"] for r in rows]))}
+                   for name in SCHEDULES}
+        # written after every phantom: an interrupted run keeps what it measured
+        write_json(args.out, {"atlas": args.atlas, "summary": summary, "rows": rows})
     print(json.dumps(summary, indent=1))
 
 

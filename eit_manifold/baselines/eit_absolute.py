@@ -45,7 +45,7 @@ GRID = 32
 NOISE_FLOOR = 1e-3  # relative noise std assumed at least (the coarse mesh's model error is of this order)
 STEP_TOL = 1e-3
 #: Regularisation weights (whitened units) per method and noise level, chosen on validation phantoms
-#: disjoint from every test phantom by ``scripts/choose_eit_weights.py`` (docs/baselines.md).
+#: disjoint from every test phantom by ``scripts/choose_eit_weights.py`` (README, *Baselines' parameter rule*).
 #: Half-decade grid 1-3162; validation errors of every grid weight in docs/figures/eit_weights.json.
 VALIDATED_WEIGHTS: dict[str, dict[float, float]] = {
     "gauss-newton": {0.001: 31.6228, 0.01: 10.0},
