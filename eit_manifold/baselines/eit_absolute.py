@@ -37,6 +37,7 @@ from eit_manifold.baselines.eit_linear import (
     tv_solve,
 )
 from eit_manifold.operators.eit import CEMForwardModel
+from eit_manifold.operators.eit.conductivity_map import conductivity_to_image
 from eit_manifold.operators.noise import RelativeNoise
 from eit_manifold.optim.least_squares import gauss_newton
 
@@ -78,6 +79,30 @@ def homogeneous_fit(model: CEMForwardModel, data: np.ndarray, start: float = 1.0
     return float(np.exp(gauss_newton(residual, jacobian, np.log([start]), max_iter=steps).x[0]))
 
 
+def basis_least_squares(model: CEMForwardModel, data: np.ndarray, matrix, std: np.ndarray):
+    """``residual(x) -> (r, solve)`` and ``jacobian(x, solve)`` of ``sigma = matrix @ x`` for
+    :func:`~eit_manifold.optim.least_squares.gauss_newton`: ``r = (F(sigma) - d) / std`` whitened,
+    the Jacobian by adjoint solves that reuse the forward solve."""
+    d = np.asarray(data).ravel()
+
+    def residual(x: np.ndarray):
+        res = model.solve(matrix @ x)
+        return (res.measurements.ravel() - d) / std, res
+
+    def jacobian(x: np.ndarray, res) -> np.ndarray:
+        return jacobian_in_basis(model, res, matrix) / std[:, None]
+
+    return residual, jacobian
+
+
+def gauss_newton_warm_start(problem, sigma_min: float, sigma_max: float, steps: int = 3) -> np.ndarray:
+    """A ``steps``-step Gauss-Newton reconstruction mapped to atlas image values (the atlas methods'
+    warm start: prior samples of a weak atlas can all be far from the data, the projection of a
+    classic reconstruction already explains most of them)."""
+    sigma, _ = reconstruct_baseline(problem, "gauss-newton", sigma_min, sigma_max, steps)
+    return conductivity_to_image(sigma, sigma_min, sigma_max)
+
+
 def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: float,
                          iterations: int | None = None, weight: float | None = None) -> tuple[np.ndarray, dict]:
     """Gauss-Newton or TV reconstruction of an :class:`~eit_manifold.pipelines.reconstruct.EITProblem`.
@@ -113,14 +138,7 @@ def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: floa
     basis = pixel_basis(model, GRID)
     sigma0 = homogeneous_fit(model, data)
     centre = np.full(basis.size, sigma0)
-
-    def residual(x: np.ndarray):
-        res = model.solve(basis.matrix @ x)
-        return (res.measurements.ravel() - data.ravel()) / std, res
-
-    def jacobian(x: np.ndarray, res) -> np.ndarray:
-        return jacobian_in_basis(model, res, basis.matrix) / std[:, None]
-
+    residual, jacobian = basis_least_squares(model, data, basis.matrix, std)
     prior, step = None, None
     if method == "gauss-newton":
         L = smoothness_prior_factor(basis.centres, corr_length=model.tank.radius / 4, std=1.0)

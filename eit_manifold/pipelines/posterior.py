@@ -187,7 +187,7 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
 
 def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     """The EIT posterior of a measurement file on the reconstruction mesh (on ``comm``)."""
-    from eit_manifold.operators.eit.conductivity_map import conductivity_to_image, image_to_conductivity
+    from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
     from eit_manifold.operators.noise import RelativeNoise
     from eit_manifold.optim.posterior import gaussian_residual
     from eit_manifold.pipelines.reconstruct import load_problem
@@ -207,10 +207,9 @@ def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
 
     warm = None
     if config.warm_start:
-        from eit_manifold.baselines.eit_absolute import reconstruct_baseline
+        from eit_manifold.baselines.eit_absolute import gauss_newton_warm_start
 
-        sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", lo, hi, 3)
-        warm = torch.as_tensor(conductivity_to_image(sigma_gn, lo, hi), dtype=torch.float32)
+        warm = torch.as_tensor(gauss_newton_warm_start(problem, lo, hi), dtype=torch.float32)
     truth = problem.truth
     return PosteriorProblem(atlas, gaussian_residual(forward, torch.tensor(d), torch.tensor(std)),
                             lambda x: image_to_conductivity(x, lo, hi, clip=True), truth, problem.inside, warm,

@@ -33,7 +33,7 @@ from mpi4py import MPI
 
 from eit_manifold.io import check_output_dir, save_npy_atomic, staged_dir, write_json
 from eit_manifold.metrics import psnr, relative_data_misfit, relative_l2, ssim
-from eit_manifold.operators.eit import EITOperator, Tank, conductivity_to_image, image_to_conductivity
+from eit_manifold.operators.eit import EITOperator, Tank, image_to_conductivity
 from eit_manifold.operators.eit.data_file import MeasurementData, read_measurements
 from eit_manifold.operators.eit.mesh import check_mesh_option, tank_mesh
 from eit_manifold.operators.eit.pixels import pixel_centres
@@ -197,12 +197,9 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         )
     warm = None
     if config.warm_start:
-        # Prior samples of a weak atlas can all be far from the data; the projection of a classic
-        # reconstruction onto the atlas is a start that already explains most of the data.
-        from eit_manifold.baselines.eit_absolute import reconstruct_baseline
+        from eit_manifold.baselines.eit_absolute import gauss_newton_warm_start
 
-        sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", config.sigma_min, config.sigma_max, 3)
-        warm = torch.as_tensor(conductivity_to_image(sigma_gn, config.sigma_min, config.sigma_max))[None]
+        warm = torch.as_tensor(gauss_newton_warm_start(problem, config.sigma_min, config.sigma_max))[None]
     found = multistart_descent(atlas, misfit_objective(problem, config.sigma_min, config.sigma_max), warm,
                                prior_starts=config.starts, seed=config.seed, max_iter=config.iterations, ftol=1e-5,
                                prune_at=PRUNE_AT if config.prune else (), progress=config.progress)

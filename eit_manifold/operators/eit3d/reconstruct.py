@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from eit_manifold.baselines.eit_absolute import homogeneous_fit, validated_weight
-from eit_manifold.baselines.eit_linear import jacobian_in_basis, smoothness_prior_factor
+from eit_manifold.baselines.eit_absolute import basis_least_squares, homogeneous_fit, validated_weight
+from eit_manifold.baselines.eit_linear import smoothness_prior_factor
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.pixels import voxel_centres
 from eit_manifold.operators.noise import RelativeNoise
@@ -100,13 +100,7 @@ def gauss_newton_3d(
     L = smoothness_prior_factor(basis.centres, corr_length=model.tank.radius / 4, std=1.0)
     weight = validated_weight("gauss-newton", noise_level)
 
-    def residual(x: np.ndarray):
-        res = model.solve(basis.matrix @ x)
-        return (res.measurements - data).ravel() / std, res
-
-    def jacobian(x: np.ndarray, res) -> np.ndarray:
-        return jacobian_in_basis(model, res, basis.matrix) / std[:, None]
-
+    residual, jacobian = basis_least_squares(model, data, basis.matrix, std)
     result = gauss_newton(residual, jacobian, x, prior=(np.sqrt(weight) * L, x.copy()),
                           project=lambda v: np.clip(v, sigma_min, sigma_max), max_iter=max(1, int(iterations)),
                           residual_tol=TAU * np.sqrt(data.size))
