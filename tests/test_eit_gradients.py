@@ -60,6 +60,24 @@ def test_vjp_equals_jacobian_transpose_times_g(small_op):
     assert torch.allclose(fd.reshape(3, -1) / 1e-6, Jc[:, :3].T, rtol=1e-4, atol=1e-6)
 
 
+def test_items_with_zero_output_gradient_skip_the_adjoint(small_op, monkeypatch):
+    # A batch differentiated through some of its items only (the descent's line search): the
+    # others get an exact zero gradient without an adjoint solve; the rest is unchanged.
+    gen = torch.Generator().manual_seed(2)
+    x = (1 + torch.rand(3, 6, 6, generator=gen, dtype=torch.float64)).requires_grad_()
+    g = torch.randn(3, *small_op.data_shape, generator=gen, dtype=torch.float64)
+    g[1] = 0.0
+    calls = []
+    vjp = small_op.model.vjp
+    monkeypatch.setattr(small_op.model, "vjp", lambda r, gi: calls.append(1) or vjp(r, gi))
+    (grad,) = torch.autograd.grad((small_op(x) * g).sum(), x)
+    assert len(calls) == 2 and torch.count_nonzero(grad[1]) == 0
+    for i in (0, 2):
+        xi = x[i:i + 1].detach().clone().requires_grad_()
+        (gi,) = torch.autograd.grad((small_op(xi) * g[i:i + 1]).sum(), xi)
+        assert torch.allclose(grad[i], gi[0], rtol=1e-12, atol=1e-14)
+
+
 def test_batch_equals_loop(small_op):
     gen = torch.Generator().manual_seed(2)
     x = (0.5 + torch.rand(3, 6, 6, generator=gen, dtype=torch.float64)).requires_grad_()

@@ -49,6 +49,17 @@ def test_jacobian_matches_finite_differences() -> None:
         assert torch.allclose(jac[:, :, j], fd, atol=1e-7)
 
 
+def test_jacobian_in_chunks_equals_one_pass() -> None:
+    # Batches larger than max_items are decoded in chunks of points: same values.
+    chart = sphere_atlas().charts[0]
+    w = torch.tensor([[0.3, -0.2], [0.1, 0.5], [-0.4, 0.0], [0.2, 0.2], [0.0, -0.6]], dtype=torch.float64)
+    x1, j1 = decode_with_jacobian(chart, w)
+    x2, j2 = decode_with_jacobian(chart, w, max_items=4)  # 2 points (4 items) per pass
+    assert torch.equal(x1, x2) and torch.equal(j1, j2)
+    with pytest.raises(ValueError, match="latent batch"):
+        decode_with_jacobian(chart, w[0])
+
+
 def test_riemannian_gradient_is_tangent_projection() -> None:
     chart = sphere_atlas().charts[1]
     w = torch.tensor([[0.2, 0.4]], dtype=torch.float64)
@@ -315,3 +326,48 @@ def test_multistart_descent_passes_the_pruning_schedule() -> None:
     atlas = two_circles_atlas()
     found = multistart_descent(atlas, dist2_to([0.2, 0.0]), prior_starts=6, max_iter=10, prune_at=(2,))
     assert (found.result.pruned == 2).sum() == 3
+
+
+# --------------------------------------------------------------------------- evaluation reuse
+class _Counting:
+    """dist2 objective that counts its items, with and without a graph."""
+
+    def __init__(self, a: list[float]) -> None:
+        self.f = dist2_to(a)
+        self.items = 0
+        self.items_with_graph = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.items += x.shape[0]
+        self.items_with_graph += x.shape[0] if x.requires_grad else 0
+        return self.f(x)
+
+
+def test_line_search_keeps_the_gradient_of_the_accepted_point() -> None:
+    # After an accepted step the state holds F and its gradient at the new point, equal to a fresh
+    # evaluation there; the next iteration evaluates nothing at its base point.
+    atlas = circle_atlas()
+    obj = _Counting([2.0, 1.0])
+    opt = RiemannianDescent(atlas, obj, max_iter=1, hysteresis=None)
+    x0 = torch.tensor([[math.cos(0.2), math.sin(0.2)], [math.cos(1.2), math.sin(1.2)]], dtype=torch.float64)
+    st = opt._start_state(2, x0, torch.tensor([0, 0]), None)
+    assert not st.grad_valid.any()
+    opt._iterate(st)
+    assert st.grad_valid.all()
+    f, g = opt._f_and_grad(st.x)
+    assert torch.allclose(st.f, f) and torch.allclose(st.grad, g.to(torch.float64), atol=1e-12)
+    before = obj.items
+    st.tau[:] = 1e-9  # a trial that is surely accepted at once: one evaluation per start
+    opt._iterate(st)
+    assert obj.items - before == 2, "the base point was evaluated again"
+
+
+def test_step_grows_only_after_a_first_trial_acceptance() -> None:
+    atlas = circle_atlas()
+    opt = RiemannianDescent(atlas, dist2_to([2.0, 1.0]), max_iter=1, hysteresis=None)
+    x0 = torch.tensor([[math.cos(0.3), math.sin(0.3)]] * 2, dtype=torch.float64)
+    st = opt._start_state(2, x0, torch.tensor([0, 0]), None)
+    st.tau = torch.tensor([1e-3, 1e3], dtype=torch.float64)  # accepted at once / needs backtracking
+    step, _, _ = opt._iterate(st)
+    assert step[0] == 1e-3 and st.tau[0] == 2e-3  # grown
+    assert step[1] < 1e3 and st.tau[1] == step[1]  # kept: the next trial is the accepted step

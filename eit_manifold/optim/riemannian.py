@@ -174,6 +174,9 @@ class _State:
     f: Tensor  # (B,) float64
     tau: Tensor  # (B,) float64
     active: Tensor  # (B,) bool
+    # Euclidean gradient of F at x, kept from the line search that accepted x (valid: known)
+    grad: Tensor | None = None  # (B, *data_shape) float64
+    grad_valid: Tensor | None = None  # (B,) bool
 
 
 class RiemannianDescent:
@@ -201,14 +204,18 @@ class RiemannianDescent:
     stop_rtol : float
         Relative decrease of the best objective over the window below which the run stops.
     step_init : float or "auto"
-        First trial step ``tau``; later iterations start from ``growth`` times the last accepted.
+        First trial step ``tau``; later iterations start from the last accepted step, times
+        ``growth`` when that step was the first trial (no backtracking).
         ``"auto"`` makes the first trial scale-free: ``tau = F / <g, v>``, the step at which the
         linear model of ``F`` reaches zero (backtracking then shortens it), so objectives of any
         magnitude need no step-size tuning.
     max_step : float, optional
         Cap on the ambient length ``tau ||v||`` of a trial step.
     growth, shrink : float
-        Step growth after an iteration (> 1) and backtracking factor (in (0, 1)).
+        Step growth after an iteration that accepted its first trial (>= 1) and backtracking
+        factor (in (0, 1)). Growing only then (instead of after every iteration) saves the
+        rejected trial of ``growth * tau`` in every iteration where ``tau`` is the right step:
+        on the default reconstruction 1.5 instead of 2.3 trials per line search.
     armijo : float
         Sufficient-decrease constant ``c`` in (0, 1).
     max_backtracks : int
@@ -388,6 +395,8 @@ class RiemannianDescent:
             f=f,
             tau=torch.full((b,), self.step_init, dtype=torch.float64),
             active=torch.isfinite(f),
+            grad=torch.zeros(x.shape, dtype=torch.float64),
+            grad_valid=torch.zeros(b, dtype=torch.bool),
         )
 
     def decode_points(self, w: Tensor, chart: Tensor) -> Tensor:
@@ -436,8 +445,15 @@ class RiemannianDescent:
         xi: Tensor,
         jtg: Tensor,
         tau0: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Armijo backtracking for a group in one chart; returns ``(x, w, f, tau, accepted)``.
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Armijo backtracking for a group in one chart; returns ``(x, w, f, g, tau, accepted, first)``
+        (``g``: the gradient of ``F`` at the accepted points, zero elsewhere; ``first``: accepted
+        at the first trial).
+
+        Trials are evaluated with their autograd graph and the accepted ones differentiated at once,
+        so the next iteration needs no new evaluation at its base point: for the EIT objective the
+        gradient reuses the trial's factorisation (one adjoint solve instead of a forward solve,
+        a factorisation and the adjoint solve).
 
         A trial ``w+`` is accepted when ``F(G(w+)) <= F(base) - c <J^T g, w - w+>`` (the
         first-order decrease of the latent move actually made, ``tau <g, v>`` without clipping;
@@ -445,12 +461,14 @@ class RiemannianDescent:
         """
         b = x.shape[0]
         x_new, w_new, f_new = x.clone(), w.clone(), f_base.clone()
+        g_new = torch.zeros(x.shape, dtype=torch.float64)
         tau = tau0.clone()
         if self.max_step is not None:
             vnorm = v.norm(dim=1).clamp_min(1e-300)
             tau = torch.minimum(tau, self.max_step / vnorm)
         accepted = torch.zeros(b, dtype=torch.bool)
-        for _ in range(self.max_backtracks + 1):
+        first = torch.zeros(b, dtype=torch.bool)
+        for trial in range(self.max_backtracks + 1):
             pend = (~accepted).nonzero()[:, 0]
             if pend.numel() == 0:
                 break
@@ -466,15 +484,23 @@ class RiemannianDescent:
                     with torch.no_grad():
                         xt[moved] = chart.decode(clipped[moved]).to(xt.dtype)
                 wt = clipped
-            with torch.no_grad():
-                ft = self._f(xt)
+            xg = xt.detach().requires_grad_(True)
+            with torch.enable_grad():
+                ft_graph = self._f(xg)
+            ft = ft_graph.detach()
             pred = (jtg[pend] * (w[pend] - wt).to(torch.float64)).sum(dim=1)
             ok = torch.isfinite(ft) & (pred > 0) & (ft <= f_base[pend] - self.armijo * pred) & (ft <= f_cap[pend])
             good = pend[ok]
+            if ok.any():
+                (gt,) = torch.autograd.grad(ft_graph[ok].sum(), xg)
+                g_new[good] = gt[ok].to(torch.float64)
+            del ft_graph, xg
             x_new[good], w_new[good], f_new[good] = xt[ok], wt[ok], ft[ok]
             accepted[good] = True
+            if trial == 0:
+                first[good] = True
             tau[pend[~ok]] *= self.shrink
-        return x_new, w_new, f_new, tau, accepted
+        return x_new, w_new, f_new, g_new, tau, accepted, first
 
     def _iterate(self, st: _State) -> tuple[Tensor, Tensor, Tensor]:
         """One iteration on the active starts; returns ``(step, switched, stop)`` for all starts."""
@@ -497,7 +523,15 @@ class RiemannianDescent:
                     w_new = chart.encode(st.x[grp[moving]]).to(w_base.dtype)
                     w_base[moving] = self._clip(w_new)
             x_base, jac = decode_with_jacobian(chart, w_base)
-            f_base, g = self._f_and_grad(x_base)
+            # Where the line search left F and its gradient at this very point, use them.
+            known = st.grad_valid[grp] & ~moving
+            x_base[known] = st.x[grp[known]].to(x_base.dtype)
+            f_base = st.f[grp].clone()
+            g = torch.zeros((len(grp), *x_base.shape[1:]), dtype=torch.float64)
+            g[known] = st.grad[grp[known]]
+            if (~known).any():
+                f_new, g_new = self._f_and_grad(x_base[~known])
+                f_base[~known], g[~known] = f_new.to(f_base.dtype), g_new.to(g.dtype)
             v, xi = riemannian_gradient(jac, g, self.eps)
             g64 = g.reshape(len(grp), -1).to(torch.float64)
             sq = (g64 * v).sum(dim=1)
@@ -505,15 +539,17 @@ class RiemannianDescent:
             unset = torch.isnan(tau0)  # step_init="auto": the zero of the objective's linear model
             tau0[unset] = f_base.to(torch.float64)[unset].abs() / sq[unset].clamp_min(1e-300)
             jtg = (jac.transpose(1, 2) @ g64[..., None])[..., 0]
-            x1, w1, f1, tau, ok = self._line_search(chart, x_base, w_base, f_base, st.f[grp], v, xi, jtg, tau0)
+            x1, w1, f1, g1, tau, ok, first = self._line_search(chart, x_base, w_base, f_base, st.f[grp], v, xi,
+                                                                jtg, tau0)
             # Accepted steps update the state; a failed switch keeps the old chart and point.
             acc = grp[ok]
             decrease = st.f[acc] - f1[ok]
             st.x[acc], st.w[acc], st.f[acc] = x1[ok].to(st.x.dtype), w1[ok].to(st.w.dtype), f1[ok]
+            st.grad[acc], st.grad_valid[acc] = g1[ok], True
             st.chart[acc] = k
             switched[acc] = moving[ok]
             step[grp] = torch.where(ok, tau, torch.zeros_like(tau))
-            st.tau[acc] = tau[ok] * self.growth
+            st.tau[acc] = torch.where(first[ok], tau[ok] * self.growth, tau[ok])
             rel = decrease <= self.ftol * st.f[acc].abs().clamp_min(1e-30)
             stop[acc[rel]] = True
             # A failed line search stops a start unless it was only a refused switch.

@@ -5,7 +5,8 @@ A chart is anything with ``decode(w) -> x`` (the generator ``G_k``, latent ``(B,
 :mod:`eit_manifold.optim.riemannian` calls only these functions:
 
 * :func:`decode_with_jacobian` -- ``x = G(w)`` and ``J = dG/dw`` by forward-mode differentiation
-  (``d`` Jacobian-vector products, cheap because the latent dimension ``d`` is small);
+  (``d`` Jacobian-vector products in one batched pass, cheap because the latent dimension ``d``
+  is small);
 * :func:`riemannian_gradient` -- project a Euclidean gradient onto the tangent space,
   ``v = J (J^T J + eps I)^{-1} J^T g``;
 * :func:`retract_projection` -- ``x+ = G(E(x + h))``;
@@ -19,6 +20,7 @@ import warnings
 from typing import Protocol
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 # torch's own forward-mode decompositions still call torch.jit.script on the first jvp, which
@@ -34,8 +36,14 @@ class ChartLike(Protocol):
     def encode(self, x: Tensor) -> Tensor: ...  # noqa: D102
 
 
-def decode_with_jacobian(chart: ChartLike, w: Tensor) -> tuple[Tensor, Tensor]:
+def decode_with_jacobian(chart: ChartLike, w: Tensor, max_items: int = 1024) -> tuple[Tensor, Tensor]:
     """Decode ``w`` and differentiate the generator by forward mode.
+
+    The ``d`` tangents of every point are pushed through the decoder in one batched pass of
+    dual tensors (:mod:`torch.autograd.forward_ad`): item ``i * d + j`` carries the point
+    ``w_i`` with tangent ``e_j``. Why not ``torch.func.jvp``: functorch runs many of the
+    decoder's operations through Python decompositions (``torch._refs``), which made the
+    Jacobian 3-4x slower than this one pass; the values agree to float32 rounding.
 
     Parameters
     ----------
@@ -43,6 +51,9 @@ def decode_with_jacobian(chart: ChartLike, w: Tensor) -> tuple[Tensor, Tensor]:
         Chart whose ``decode`` maps ``(B, d)`` to ``(B, *data_shape)``, item by item.
     w : Tensor
         Latent points, shape ``(B, d)``.
+    max_items : int
+        Largest batch ``B' * d`` decoded in one pass (bounds memory; larger batches go in chunks
+        of points).
 
     Returns
     -------
@@ -55,15 +66,20 @@ def decode_with_jacobian(chart: ChartLike, w: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"latent batch must have shape (B, d), got {tuple(w.shape)}")
     w = w.detach()
     b, d = w.shape
-    cols = []
-    x = None
-    for j in range(d):
-        e = torch.zeros_like(w)
-        e[:, j] = 1.0
-        x, dx = torch.func.jvp(chart.decode, (w,), (e,))
-        cols.append(dx.detach().reshape(b, -1).to(torch.float64))
-    assert x is not None
-    return x.detach(), torch.stack(cols, dim=-1)
+    chunk = max(1, max_items // max(d, 1))
+    xs, jacs = [], []
+    eye = torch.eye(d, dtype=w.dtype, device=w.device)
+    with torch.no_grad(), forward_ad.dual_level():
+        for start in range(0, b, chunk):
+            wc = w[start:start + chunk]
+            m = wc.shape[0]
+            dual = forward_ad.make_dual(wc.repeat_interleave(d, dim=0), eye.repeat(m, 1))
+            primal, tangent = forward_ad.unpack_dual(chart.decode(dual))
+            if tangent is None:  # the decoder does not depend on w
+                tangent = torch.zeros_like(primal)
+            xs.append(primal.reshape(m, d, *primal.shape[1:])[:, 0])
+            jacs.append(tangent.reshape(m, d, -1).transpose(1, 2).to(torch.float64))
+    return torch.cat(xs).detach(), torch.cat(jacs)
 
 
 def riemannian_gradient(jac: Tensor, grad: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:

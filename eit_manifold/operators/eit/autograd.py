@@ -48,7 +48,15 @@ class _CEMFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_data: torch.Tensor):  # type: ignore[override]
         g = grad_data.detach().cpu().numpy()
-        grads = np.stack(spmd_map(lambda i: ctx.model.vjp(ctx.results[i], g[i]), list(range(len(g))), ctx.batch_comm))
+
+        def vjp(i: int) -> np.ndarray:
+            # An item whose output gradient is zero (e.g. a rejected line-search trial
+            # differentiated with the batch) needs no adjoint solve.
+            if not g[i].any():
+                return np.zeros(ctx.model.n_cells)
+            return ctx.model.vjp(ctx.results[i], g[i])
+
+        grads = np.stack(spmd_map(vjp, list(range(len(g))), ctx.batch_comm))
         return torch.from_numpy(grads).to(device=grad_data.device, dtype=grad_data.dtype), None, None
 
 
