@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 
 import numpy as np
-from mpi4py import MPI
 
 from eit_manifold.io import write_json
 from eit_manifold.manifold import load_atlas
@@ -33,11 +31,9 @@ from eit_manifold.optim import multistart_descent
 from eit_manifold.pipelines.reconstruct import (
     PRUNE_AT,
     ReconstructConfig,
-    make_problem,
+    heldout_problems,
     misfit_objective,
-    reconstruction_operator,
 )
-from eit_manifold.pipelines.simulate import SimulateConfig, simulate_data, simulation_model
 
 
 def run(problem, atlas, setting: str, config: ReconstructConfig) -> dict:
@@ -74,14 +70,9 @@ def main() -> None:
         with open(args.reference) as f:
             reference = {r["index"]: r["sixty"] for r in json.load(f)["rows"]}
     config = ReconstructConfig(data="-", atlas=args.atlas)
-    sim = SimulateConfig(mesh="default")
-    model = simulation_model(sim, MPI.COMM_SELF)
     atlas = load_atlas(args.atlas)
     rows = []
-    for i in range(args.first, args.first + args.n):
-        data = simulate_data(replace(sim, phantom="balls", seed=i, noise=0.01), model,
-                             np.random.default_rng([0, i, 10_000]))
-        problem = make_problem(data, reconstruction_operator(data, (64, 64), "coarse", comm=MPI.COMM_SELF))
+    for i, problem in heldout_problems(range(args.first, args.first + args.n)):
         row = {"index": i, "default": run(problem, atlas, "default", config),
                "sixty": reference[i] if i in reference else run(problem, atlas, "sixty", config)}
         rows.append(row)

@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
-from mpi4py import MPI
 
 from eit_manifold.io import write_json
 from eit_manifold.manifold import load_atlas
 from eit_manifold.operators.eit.conductivity_map import conductivity_to_image, image_to_conductivity
 from eit_manifold.optim import multistart_descent
-from eit_manifold.pipelines.reconstruct import make_problem, misfit_objective, reconstruction_operator
-from eit_manifold.pipelines.simulate import SimulateConfig, simulate_data, simulation_model
+from eit_manifold.pipelines.reconstruct import heldout_problems, misfit_objective
 
 SCHEDULES = {"halve@10,20": (10, 20), "halve@10,20,30": (10, 20, 30), "halve@5,10,20": (5, 10, 20),
              "halve@15,30": (15, 30), "halve@10": (10,)}
@@ -52,15 +49,9 @@ def main() -> None:
     parser.add_argument("--atlas", default="balls")
     parser.add_argument("--out", default="docs/figures/start_pruning.json")
     args = parser.parse_args()
-    sim = SimulateConfig(mesh="default")
-    model = simulation_model(sim, MPI.COMM_SELF)
     atlas = load_atlas(args.atlas)
     rows = []
-    for i in range(args.first, args.first + args.n):
-        data = simulate_data(replace(sim, phantom="balls", seed=i, noise=0.01), model,
-                             np.random.default_rng([0, i, 10_000]))
-        op = reconstruction_operator(data, (64, 64), "coarse", comm=MPI.COMM_SELF)
-        problem = make_problem(data, op)
+    for i, problem in heldout_problems(range(args.first, args.first + args.n)):
         from eit_manifold.baselines.eit_absolute import reconstruct_baseline
 
         t0 = time.perf_counter()

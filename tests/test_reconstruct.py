@@ -139,3 +139,18 @@ def test_report_writes_tables_for_every_case_and_method(tmp_path):
     assert len(stats["values"]) == 2 and 0 < stats["mean"] < 0.5
     assert "| 0.01 | tv |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "reconstructions.png").stat().st_size > 1000
+
+
+def test_heldout_problems_are_the_reports_phantoms() -> None:
+    # The validation scripts' problems: the phantom's truth, data with the stated noise, the
+    # coarse operator; the same index gives the same data.
+    from eit_manifold.pipelines.reconstruct import heldout_problems
+
+    (i, a), (j, b) = list(heldout_problems([101, 101]))
+    assert i == j == 101
+    assert a.truth is not None and np.nanmax(a.truth) > np.nanmin(a.truth)
+    assert a.operator.n_cells < 20_000  # coarse, not the simulation mesh
+    assert np.array_equal(a.data.measurements, b.data.measurements)
+    clean = a.operator(torch.from_numpy(np.nan_to_num(a.truth, nan=1.0))[None]).numpy()[0]
+    rel = np.linalg.norm(a.data.measurements - clean) / np.linalg.norm(clean)
+    assert 0.005 < rel < 0.05  # 1 % noise plus the model difference between the meshes

@@ -172,6 +172,24 @@ def load_problem(
     return make_problem(data, operator, time.perf_counter() - t0)
 
 
+def heldout_problems(indices, phantom: str = "balls", noise: float = 0.01, image_size: int = 64):
+    """Validation problems on held-out phantoms, one process each (for the validation scripts).
+
+    Phantom ``i`` of ``phantom`` simulated on the ``default`` mesh with relative noise ``noise``
+    (noise stream ``[0, i, 10_000]``), paired with its ``coarse`` reconstruction operator, as in
+    the demo and the report. Yields ``(i, EITProblem)``.
+    """
+    from eit_manifold.pipelines.simulate import SimulateConfig, simulate_data, simulation_model
+
+    sim = SimulateConfig(mesh="default")
+    model = simulation_model(sim, MPI.COMM_SELF)
+    for i in indices:
+        data = simulate_data(replace(sim, phantom=phantom, seed=int(i), noise=noise), model,
+                             np.random.default_rng([0, int(i), 10_000]))
+        operator = reconstruction_operator(data, (image_size, image_size), "coarse", comm=MPI.COMM_SELF)
+        yield int(i), make_problem(data, operator)
+
+
 def misfit_objective(problem: EITProblem, sigma_min: float, sigma_max: float):
     """The atlas objective F(x) = 0.5 ||A(sigma(x)) - d||^2 / ||d||^2 for a batch of images (B,)."""
     d = problem.measurements
