@@ -2,7 +2,7 @@
 
 A file is 3-D when it carries the ``tank3d`` key (the cylinder's JSON description). The
 reconstruction mesh is the ``coarse`` 3-D preset unless ``--mesh``/``--mesh-size`` say otherwise,
-the unknowns a (D, H, W) voxel grid (:mod:`eit_manifold.operators.eit3d.reconstruct`). Outputs:
+the unknowns a (D, H, W) voxel grid (:mod:`eit_manifold.baselines.eit3d`). Outputs:
 ``conductivity.npy`` (the voxel grid, NaN outside), ``conductivity.xdmf`` (per cell),
 ``metrics.json`` and ``reconstruction.png`` (section at mid-electrode height).
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from eit_manifold.baselines.eit3d import gauss_newton_3d
 from eit_manifold.io import save_npy_atomic, write_json
 from eit_manifold.metrics import relative_data_misfit, relative_l2
 from eit_manifold.operators.eit.data_file import read_measurements
 from eit_manifold.operators.eit.forward import CEMForwardModel
 from eit_manifold.operators.eit.mesh import tank_mesh
 from eit_manifold.operators.eit3d.geometry import CylinderTank
-from eit_manifold.operators.eit3d.reconstruct import gauss_newton_3d
 
 
 def is_3d_file(path: str | Path) -> bool:

@@ -37,9 +37,13 @@ from petsc4py import PETSc
 from eit_manifold.operators.eit.mesh import TankMesh
 
 SOLVERS = ("auto", "direct", "iterative")
-# Measured crossover (docs/mpi.md, benchmarks/scaling.py): on 3-D meshes CG + GAMG beats MUMPS
-# from about this many nodes; on 2-D meshes MUMPS was faster at every size measured.
+# Threshold of solver="auto" on 3-D meshes (docs/mpi.md, benchmarks/scaling.py, idle machine): MUMPS
+# was still 1.4x faster at 101 650 nodes, CG + GAMG 1.6x faster at ~350 000; with this value auto
+# stays within 1.44x of the faster solver at every size measured. On 2-D meshes MUMPS was faster
+# at every size measured.
 ITERATIVE_MIN_NODES_3D = 40_000
+#: Cells per block of the per-cell adjoint sums (temporaries of a few MB that stay in cache).
+CELL_BLOCK = 16_384
 # CG relative residual: the electrode data then agree with the direct solve to ~1e-10 (tested 1e-8).
 ITERATIVE_RTOL = 1e-10
 
@@ -382,10 +386,16 @@ class CEMSystem:
         This is the derivative of ``sum_p left_p^T K(sigma) right_p`` with respect to each
         cell conductivity, the core of every adjoint gradient.
         """
-        cells = self.disc.cells
-        # (cells, 3, P) gathers and one batched matmul: ~1.5x faster than a three-operand einsum
-        stiff_right = np.matmul(self.disc.stiffness, np.ascontiguousarray(right.T)[cells])
-        local = np.einsum("cip,cip->c", np.ascontiguousarray(left.T)[cells], stiff_right)
+        cells, stiffness = self.disc.cells, self.disc.stiffness
+        left_t, right_t = np.ascontiguousarray(left.T), np.ascontiguousarray(right.T)
+        local = np.empty(cells.shape[0])
+        # (cells, d+1, P) gathers and one batched matmul (~1.5x faster than a three-operand einsum),
+        # in blocks of cells: whole-mesh temporaries (~1 GB each at 1.9M tetrahedra) made the VJP
+        # memory-bound, blocks that stay in cache are 5-10x faster with the same sums.
+        for s in range(0, cells.shape[0], CELL_BLOCK):
+            c = cells[s:s + CELL_BLOCK]
+            stiff_right = np.matmul(stiffness[s:s + CELL_BLOCK], right_t[c])
+            local[s:s + CELL_BLOCK] = np.einsum("cip,cip->c", left_t[c], stiff_right)
         return self.gather_cells(local)
 
 
@@ -563,7 +573,11 @@ class CEMFactorization:
         One adjoint field per measurement row (not per pattern).
         """
         lam, _ = self._solve_electrode(measurement)  # (M, n_local_nodes)
-        cells = self.system.disc.cells
-        stiff_u = np.matmul(self.system.disc.stiffness, np.ascontiguousarray(solution.potentials.T)[cells])
-        local = -np.matmul(np.ascontiguousarray(lam.T)[cells].transpose(0, 2, 1), stiff_u)  # (cells, M, P)
+        cells, stiffness = self.system.disc.cells, self.system.disc.stiffness
+        u_t, lam_t = np.ascontiguousarray(solution.potentials.T), np.ascontiguousarray(lam.T)
+        local = np.empty((cells.shape[0], lam.shape[0], solution.potentials.shape[0]))  # (cells, M, P)
+        for s in range(0, cells.shape[0], CELL_BLOCK):  # blocks of cells, as in cell_bilinear
+            c = cells[s:s + CELL_BLOCK]
+            stiff_u = np.matmul(stiffness[s:s + CELL_BLOCK], u_t[c])
+            local[s:s + CELL_BLOCK] = -np.matmul(lam_t[c].transpose(0, 2, 1), stiff_u)
         return np.moveaxis(self.system.gather_cells(local), 0, -1).transpose(1, 0, 2)
