@@ -32,9 +32,9 @@ import numpy as np
 from eit_manifold.baselines.eit_linear import (
     grid_gradient,
     jacobian_in_basis,
+    lagged_diffusivity_tv,
     pixel_basis,
     smoothness_prior_factor,
-    tv_solve,
 )
 from eit_manifold.operators.eit import CEMForwardModel
 from eit_manifold.operators.eit.conductivity_map import conductivity_to_image
@@ -103,6 +103,22 @@ def gauss_newton_warm_start(problem, sigma_min: float, sigma_max: float, steps: 
     return conductivity_to_image(sigma, sigma_min, sigma_max)
 
 
+def tv_step(sigma0: float, gradient, weight: float, cell_size: float):
+    """The Gauss-Newton step of the TV baselines (2-D pixels, 3-D voxels) as a ``step`` callable.
+
+    Each linearised problem ``min_x 0.5 ||J (x - x_k) + r||^2 + weight * cell_size * TV(x - sigma0)``
+    (whitened units of ``r`` and ``J``; ``gradient``: stacked differences per axis, ``cell_size``:
+    pixel area or voxel volume) is solved by lagged diffusivity (smoothing 1e-2, 15 sweeps) from
+    the current point, for :func:`~eit_manifold.optim.least_squares.gauss_newton`'s ``step``.
+    """
+    def step(x: np.ndarray, r: np.ndarray, J: np.ndarray) -> np.ndarray:
+        dx = lagged_diffusivity_tv(J, J @ (x - sigma0) - r, np.ones_like(r), gradient, lam=weight,
+                                   cell_area=cell_size, beta=1e-2, x0=x - sigma0, max_iter=15)[0]
+        return sigma0 + dx
+
+    return step
+
+
 def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: float,
                          iterations: int | None = None, weight: float | None = None) -> tuple[np.ndarray, dict]:
     """Gauss-Newton or TV reconstruction of an :class:`~eit_manifold.pipelines.reconstruct.EITProblem`.
@@ -144,13 +160,7 @@ def reconstruct_baseline(problem, method: str, sigma_min: float, sigma_max: floa
         L = smoothness_prior_factor(basis.centres, corr_length=model.tank.radius / 4, std=1.0)
         prior = (np.sqrt(weight) * L, centre)  # the functional is regularised around sigma0, not around x
     else:
-        G = grid_gradient(basis)
-
-        def step(x: np.ndarray, r: np.ndarray, J: np.ndarray) -> np.ndarray:
-            # lagged-diffusivity solve of the linearised TV problem, in the whitened units of r and J
-            dx = tv_solve(J, J @ (x - sigma0) - r, np.ones_like(r), G, lam=weight, cell_area=basis.pixel_size**2,
-                          beta=1e-2, x0=x - sigma0, max_iter=15)[0]
-            return sigma0 + dx
+        step = tv_step(sigma0, grid_gradient(basis), weight, basis.pixel_size**2)
 
     result = gauss_newton(residual, jacobian, centre, prior=prior, step=step,
                           project=lambda x: np.clip(x, sigma_min, sigma_max), max_iter=max(1, iterations),

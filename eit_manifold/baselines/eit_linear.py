@@ -179,7 +179,7 @@ def grid_gradient(basis: PixelBasis) -> sp.csr_matrix:
     return (sp.vstack(blocks) / basis.pixel_size).tocsr()
 
 
-def tv_solve(
+def lagged_diffusivity_tv(
     jac: np.ndarray,
     r: np.ndarray,
     std: np.ndarray,
@@ -193,12 +193,16 @@ def tv_solve(
 ) -> tuple[np.ndarray, int]:
     """Minimise ``0.5 ||J x - r||_W^2 + lam * area * sum sqrt(gx^2 + gy^2 + beta^2)`` by lagged diffusivity.
 
+    Works in any dimension: ``gradient`` stacks one block of ``n`` rows per axis (2 in 2-D,
+    :func:`grid_gradient`; 3 in 3-D, :func:`~eit_manifold.baselines.eit3d.voxel_gradient`, with
+    ``cell_area`` then the voxel volume).
+
     Parameters
     ----------
     jac, r, std : arrays
         Jacobian (m, n), data (m,) and noise std (m,).
-    gradient : sparse (2n, n)
-        Stacked x and y differences (:func:`grid_gradient`).
+    gradient : sparse (k n, n)
+        Stacked differences along each of the k axes (:func:`grid_gradient`: x and y).
     lam, cell_area, beta : float
         Weight of the TV term, area of one pixel, smoothing of the TV norm (same unit as the gradient).
     x0 : array (n,), optional
@@ -218,12 +222,15 @@ def tv_solve(
     n = jac.shape[1]
     x = np.zeros(n) if x0 is None else np.asarray(x0, dtype=float).copy()
     G = sp.csr_matrix(gradient)
+    if G.shape[1] != n or G.shape[0] % n:
+        raise ValueError(f"gradient must stack blocks of shape ({n}, {n}), got {G.shape}")
+    k = G.shape[0] // n
     it = 0
     while it < max_iter:
         it += 1
         g = G @ x
-        mag = np.sqrt(g[:n] ** 2 + g[n:] ** 2 + beta**2)
-        w = np.concatenate([1 / mag, 1 / mag])
+        mag = np.sqrt((g.reshape(k, n) ** 2).sum(axis=0) + beta**2)
+        w = np.tile(1 / mag, k)
         reg = (G.T @ sp.diags(w) @ G).toarray() * (lam * cell_area)
         x_new = scipy.linalg.solve(normal + reg, rhs, assume_a="pos")
         change = np.linalg.norm(x_new - x) / max(np.linalg.norm(x_new), 1e-300)

@@ -179,7 +179,7 @@ class SeparableBlurSVD:
         return self.uh @ (self.s * (self.vh.T @ u @ self.vw)) @ self.uw.T
 
 
-def tv_solve(
+def chambolle_pock_tv(
     f: Tensor,
     svd: SeparableBlurSVD,
     lam: Tensor,
@@ -254,7 +254,7 @@ def tv_deblur(
     n_iter : int
         Primal-dual iterations.
     init : tuple, optional
-        Warm start ``(u, p)`` (:func:`tv_solve`'s state).
+        Warm start ``(u, p)`` (:func:`chambolle_pock_tv`'s state).
 
     Returns
     -------
@@ -267,7 +267,7 @@ def tv_deblur(
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     svd = SeparableBlurSVD.of(op, tuple(y.shape[-2:]))
     f = y - op.background
-    u, _ = tv_solve(f, svd, torch.full((y.shape[0],), lam, dtype=torch.float64), n_iter, init)
+    u, _ = chambolle_pock_tv(f, svd, torch.full((y.shape[0],), lam, dtype=torch.float64), n_iter, init)
     r = torch.linalg.norm((svd.apply(u) - f).flatten(1), dim=1)
     return BaselineResult(u + op.background, lam, r.numpy())
 
@@ -338,7 +338,7 @@ def select_parameter(
             x_hat = tikhonov_deblur(y, op, value).x
         else:
             lam = torch.full((n_val,), value, dtype=torch.float64)
-            u, state = tv_solve(y - op.background, svd, lam, TV_VALIDATION_ITER, state)
+            u, state = chambolle_pock_tv(y - op.background, svd, lam, TV_VALIDATION_ITER, state)
             x_hat = u + op.background
         p = psnr(x_hat, x, batch=True)
         means.append(float(np.mean(p)))

@@ -20,7 +20,7 @@ def reconstruct_command(
     out: Path = typer.Option(Path("reconstruction"), help="Output directory."),
     method: str = typer.Option(
         "atlas", help="atlas (Riemannian descent on a learned atlas), gauss-newton, tv, or constant (best "
-        "homogeneous fit)."),
+        "homogeneous fit); 3-D files: gauss-newton or tv."),
     atlas: str = typer.Option("balls", help="Bundled atlas name (balls, balls-k1, ...) or an atlas directory."),
     starts: int = typer.Option(8, help="Multi-start: prior samples the atlas descent starts from."),
     iterations: int = typer.Option(None, help="Iteration limit (default: 60 descent steps, 10 Gauss-Newton steps)."),

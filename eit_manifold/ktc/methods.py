@@ -39,10 +39,10 @@ from eit_manifold.baselines.eit_linear import (
     PixelBasis,
     grid_gradient,
     jacobian_in_basis,
+    lagged_diffusivity_tv,
     noise_std,
     pixel_basis,
     smoothness_prior_factor,
-    tv_solve,
 )
 from eit_manifold.ktc.atlas_method import AtlasMethodConfig
 from eit_manifold.ktc.calibration import Calibration
@@ -306,7 +306,7 @@ def tv_pixels(ctx: ReconstructionContext, change: np.ndarray, x0: np.ndarray) ->
     """Pixel coefficients of the ``tv`` method, lagged diffusivity from ``x0`` (the ``linear`` solution)."""
     s = PRIOR_STD * ctx.sigma0
     h = ctx.basis.pixel_size
-    x, _ = tv_solve(ctx.jacobian, change, ctx.std, ctx.gradient(), lam=1.0 / (s * PRIOR_LENGTH),
+    x, _ = lagged_diffusivity_tv(ctx.jacobian, change, ctx.std, ctx.gradient(), lam=1.0 / (s * PRIOR_LENGTH),
                     cell_area=h * h, beta=0.01 * s / h, x0=x0)
     return x
 

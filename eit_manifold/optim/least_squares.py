@@ -31,7 +31,7 @@ Stopping: ``max_iter`` iterations; ``step_tol`` (relative change ``||x_new - x||
 linearisation point, before its step: the discrepancy principle).
 
 Used by every Gauss-Newton-type loop of the package: the EIT baselines (Gauss-Newton, TV) and the
-homogeneous fit (``baselines/eit_absolute.py``), 3-D Gauss-Newton (``operators/eit3d``), the KTC
+homogeneous fit (``baselines/eit_absolute.py``), 3-D Gauss-Newton and TV (``baselines/eit3d.py``), the KTC
 calibration and the KTC absolute method (``ktc/``).
 """
 

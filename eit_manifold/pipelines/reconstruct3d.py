@@ -1,4 +1,4 @@
-"""``reconstruct`` on a 3-D measurement file (written by ``simulate --dim 3``): Gauss-Newton on voxels.
+"""``reconstruct`` on a 3-D measurement file (written by ``simulate --dim 3``): Gauss-Newton or TV on voxels.
 
 A file is 3-D when it carries the ``tank3d`` key (the cylinder's JSON description). The
 reconstruction mesh is the ``coarse`` 3-D preset unless ``--mesh``/``--mesh-size`` say otherwise,
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from eit_manifold.baselines.eit3d import gauss_newton_3d
+from eit_manifold.baselines.eit3d import METHODS_3D, reconstruct_baseline_3d
 from eit_manifold.io import save_npy_atomic, write_json
 from eit_manifold.metrics import relative_data_misfit, relative_l2
 from eit_manifold.operators.eit.data_file import read_measurements
@@ -36,12 +36,12 @@ def is_3d_file(path: str | Path) -> bool:
 
 
 def reconstruct_3d(config, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
-    """Reconstruct a 3-D file with Gauss-Newton on voxels; writes the outputs to ``config.out``."""
+    """Reconstruct a 3-D file with Gauss-Newton or TV on voxels; writes the outputs to ``config.out``."""
     from eit_manifold.pipelines.simulate import mid_depth_section
 
-    if config.method != "gauss-newton":
-        raise ValueError(f"{config.data}: 3-D data (key 'tank3d') are reconstructed by method gauss-newton only, "
-                         f"not {config.method!r}")
+    if config.method not in METHODS_3D:
+        raise ValueError(f"{config.data}: 3-D data (key 'tank3d') are reconstructed by --method "
+                         f"{' or '.join(METHODS_3D)}, not {config.method!r}")
     data = read_measurements(config.data)
     try:
         tank = CylinderTank.from_dict(json.loads(str(data.extras["tank3d"])))
@@ -54,9 +54,9 @@ def reconstruct_3d(config, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     model = CEMForwardModel(mesh, data.currents, data.measurement_matrix)
     setup = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cells, voxels, details = gauss_newton_3d(model, data.measurements, data.noise_level,
-                                             iterations=config.iterations, sigma_min=config.sigma_min,
-                                             sigma_max=config.sigma_max)
+    cells, voxels, details = reconstruct_baseline_3d(model, data.measurements, data.noise_level, config.method,
+                                                     iterations=config.iterations, sigma_min=config.sigma_min,
+                                                     sigma_max=config.sigma_max)
     elapsed = time.perf_counter() - t0
     predicted = model.measurements(cells)
     metrics = {"relative_data_misfit": float(relative_data_misfit(predicted, data.measurements)),
@@ -80,5 +80,5 @@ def reconstruct_3d(config, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
             from eit_manifold.eit_plots import plot_reconstruction
 
             plot_reconstruction(out / "reconstruction.png", section, tank.radius, data.measurements, predicted,
-                                truth_image, title="3-D gauss-newton, section at mid-electrode height")
+                                truth_image, title=f"3-D {config.method}, section at mid-electrode height")
     return {"image": voxels, "cells": cells, "predicted": predicted, "metrics": metrics, "details": details}
