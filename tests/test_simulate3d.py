@@ -1,4 +1,4 @@
-"""simulate --dim 3 and reconstruct on 3-D files: the measurement format, errors, Gauss-Newton and TV on voxels, the voxel gradient."""
+"""simulate --dim 3 and reconstruct on 3-D files: format, errors, Gauss-Newton and TV on voxels, voxel gradient."""
 
 from __future__ import annotations
 
