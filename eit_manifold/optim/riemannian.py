@@ -215,7 +215,7 @@ class RiemannianDescent:
         Step growth after an iteration that accepted its first trial (>= 1) and backtracking
         factor (in (0, 1)). Growing only then (instead of after every iteration) saves the
         rejected trial of ``growth * tau`` in every iteration where ``tau`` is the right step:
-        on the default reconstruction 1.5 instead of 2.3 trials per line search.
+        on the demo reconstruction 1.8 instead of 2.3 batched trials per line search.
     armijo : float
         Sufficient-decrease constant ``c`` in (0, 1).
     max_backtracks : int
