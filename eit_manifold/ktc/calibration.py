@@ -49,6 +49,7 @@ from threadpoolctl import threadpool_limits
 from eit_manifold.ktc.data import N_ELECTRODES, RADIUS, KTCMeasurement
 from eit_manifold.operators.eit import CEMForwardModel, MeshOptions, Tank, TankMesh, tank_mesh
 from eit_manifold.optim.least_squares import forward_difference_jacobian, gauss_newton
+from eit_manifold.validation import CEM_ROUNDOFF, EPS
 
 # Geometry found by the checks in docs/ktc.md (electrode 1 and orientation against data1-4).
 ELECTRODE_WIDTH = 0.015  # m: fits ref.mat better than the nominal 2*pi*R/64 = 1.13 cm (docs/ktc.md)
@@ -283,15 +284,16 @@ class Calibration:
 
 
 def _levenberg_marquardt(
-    residual_fn, theta: np.ndarray, max_iter: int, tol: float, step: float = 1e-6
+    residual_fn, theta: np.ndarray, max_iter: int, tol: float, step: float = 1e-6, project=None
 ) -> tuple[np.ndarray, list[float]]:
     """Minimise ``||r(theta)||^2`` by Levenberg-Marquardt with a forward-difference Jacobian.
 
-    Returns ``theta`` and ``||r||^2`` after every iteration (the start first; an iteration whose
-    trials all failed repeats the last value), so ``len(history) - 1`` iterations ran.
+    ``project`` maps every trial into the admissible set (see :func:`gauss_newton`). Returns
+    ``theta`` and ``||r||^2`` after every iteration (the start first; an iteration whose trials
+    all failed repeats the last value), so ``len(history) - 1`` iterations ran.
     """
     result = gauss_newton(lambda t: (residual_fn(t),) * 2, forward_difference_jacobian(residual_fn, step), theta,
-                          globalisation="levenberg-marquardt", max_iter=max_iter, rtol=tol)
+                          globalisation="levenberg-marquardt", max_iter=max_iter, rtol=tol, project=project)
     history = [n**2 for n in result.residual_norm]
     return result.x, history + history[-1:] * (result.iterations + 1 - len(history))
 
@@ -375,7 +377,16 @@ def calibrate(
     def shared(theta: np.ndarray) -> np.ndarray:
         return misfit(on(mesh, np.full(L, np.exp(theta[1]))), float(np.exp(theta[0])))
 
-    theta, hist = _levenberg_marquardt(shared, np.log([sigma0, z0]), max_iter, 1e-6)
+    def resolvable(theta: np.ndarray) -> np.ndarray:
+        # A fit that prefers the z -> 0 limit (e.g. too narrow electrodes) sends log z to -50 and
+        # beyond, where |e|/z swamps the conductivity and the Cholesky factorisation fails; the
+        # potentials reach that limit well above the smallest z double precision resolves.
+        t = np.array(theta, dtype=float)
+        z_floor = float(np.min(base.electrode_width)) * EPS / (CEM_ROUNDOFF * math.exp(t[0]))
+        t[1] = max(t[1], math.log(z_floor))
+        return t
+
+    theta, hist = _levenberg_marquardt(shared, np.log([sigma0, z0]), max_iter, 1e-6, project=resolvable)
     sigma, z = float(np.exp(theta[0])), np.full(L, float(np.exp(theta[1])))
     stages = [{"stage": "shared", "sigma": sigma, "contact_impedance": float(z[0]),
                "residual": float(np.sqrt(hist[-1])), "iterations": len(hist) - 1}]
