@@ -174,6 +174,12 @@ def numeric_array(
     return arr
 
 
+def smallest_contact_impedance(width: Any, sigma: float) -> np.ndarray:
+    """The smallest contact impedance double precision resolves against conductivity ``sigma``
+    for electrodes of ``width`` (:func:`check_contact_impedance`): ``|e| EPS / (CEM_ROUNDOFF sigma)``."""
+    return np.asarray(width, dtype=float) * EPS / (CEM_ROUNDOFF * sigma)
+
+
 def check_contact_impedance(z: Any, width: Any, sigma_min: float, what: str = "--contact-impedance") -> np.ndarray:
     """Contact impedances that double precision resolves against the conductivity.
 
@@ -187,7 +193,7 @@ def check_contact_impedance(z: Any, width: Any, sigma_min: float, what: str = "-
     w = np.broadcast_to(np.asarray(width, dtype=float), z.shape)
     if not np.all(np.isfinite(z)) or np.any(z <= 0):
         fail(what, z.tolist() if z.size > 1 else float(z[0]), "be positive and finite")
-    z_min = w * EPS / (CEM_ROUNDOFF * sigma_min)
+    z_min = smallest_contact_impedance(w, sigma_min)
     low = z < z_min
     if np.any(low):
         i = int(np.argmax(low))

@@ -26,6 +26,7 @@ import numpy as np
 
 from eit_manifold.io import write_json
 from eit_manifold.manifold import load_atlas
+from eit_manifold.metrics import relative_l2
 from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
 from eit_manifold.optim import multistart_descent
 from eit_manifold.pipelines.reconstruct import (
@@ -51,8 +52,7 @@ def run(problem, atlas, setting: str, config: ReconstructConfig) -> dict:
     seconds = time.perf_counter() - t0
     res = found.result
     sigma = image_to_conductivity(res.x.detach().double(), config.sigma_min, config.sigma_max, clip=True).numpy()
-    inside, truth = problem.inside, problem.truth[problem.inside]
-    error = float(np.linalg.norm(sigma[inside] - truth) / np.linalg.norm(truth))
+    error = float(relative_l2(sigma[problem.inside], problem.truth[problem.inside]))
     return {"error": error, "seconds": seconds, "iterations": res.n_iter, "stop_reason": res.stop_reason,
             "winner": res.best_start}
 

@@ -18,9 +18,11 @@ import time
 import numpy as np
 import torch
 
+from eit_manifold.baselines.eit_absolute import gauss_newton_warm_start
 from eit_manifold.io import write_json
 from eit_manifold.manifold import load_atlas
-from eit_manifold.operators.eit.conductivity_map import conductivity_to_image, image_to_conductivity
+from eit_manifold.metrics import relative_l2
+from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
 from eit_manifold.optim import multistart_descent
 from eit_manifold.pipelines.reconstruct import heldout_problems, misfit_objective
 
@@ -52,18 +54,14 @@ def main() -> None:
     atlas = load_atlas(args.atlas)
     rows = []
     for i, problem in heldout_problems(range(args.first, args.first + args.n)):
-        from eit_manifold.baselines.eit_absolute import reconstruct_baseline
-
         t0 = time.perf_counter()
-        sigma_gn, _ = reconstruct_baseline(problem, "gauss-newton", 0.2, 1.8, 3)
-        warm = torch.as_tensor(conductivity_to_image(sigma_gn, 0.2, 1.8))[None]
+        warm = torch.as_tensor(gauss_newton_warm_start(problem, 0.2, 1.8))[None]
         found = multistart_descent(atlas, misfit_objective(problem, 0.2, 1.8), warm, prior_starts=8, seed=0,
                                    max_iter=60, ftol=1e-5)
         seconds = time.perf_counter() - t0
         res = found.result
         sigma = image_to_conductivity(res.x.detach().double(), 0.2, 1.8, clip=True).numpy()
-        inside, truth = problem.inside, problem.truth[problem.inside]
-        err = float(np.linalg.norm(sigma[inside] - truth) / np.linalg.norm(truth))
+        err = float(relative_l2(sigma[problem.inside], problem.truth[problem.inside]))
         obj = np.where(np.isfinite(res.history.objective), res.history.objective, np.inf)
         row = {"index": i, "error": err, "seconds": seconds, "iterations": res.n_iter,
                "winner": res.best_start, "objective": obj.tolist()}

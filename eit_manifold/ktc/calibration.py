@@ -49,7 +49,7 @@ from threadpoolctl import threadpool_limits
 from eit_manifold.ktc.data import N_ELECTRODES, RADIUS, KTCMeasurement
 from eit_manifold.operators.eit import CEMForwardModel, MeshOptions, Tank, TankMesh, tank_mesh
 from eit_manifold.optim.least_squares import forward_difference_jacobian, gauss_newton
-from eit_manifold.validation import CEM_ROUNDOFF, EPS
+from eit_manifold.validation import smallest_contact_impedance
 
 # Geometry found by the checks in docs/ktc.md (electrode 1 and orientation against data1-4).
 ELECTRODE_WIDTH = 0.015  # m: fits ref.mat better than the nominal 2*pi*R/64 = 1.13 cm (docs/ktc.md)
@@ -382,7 +382,7 @@ def calibrate(
         # beyond, where |e|/z swamps the conductivity and the Cholesky factorisation fails; the
         # potentials reach that limit well above the smallest z double precision resolves.
         t = np.array(theta, dtype=float)
-        z_floor = float(np.min(base.electrode_width)) * EPS / (CEM_ROUNDOFF * math.exp(t[0]))
+        z_floor = float(np.min(smallest_contact_impedance(base.electrode_width, math.exp(t[0]))))
         t[1] = max(t[1], math.log(z_floor))
         return t
 
