@@ -89,6 +89,123 @@ def _chain_generator(seed: int, *key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+class IndependenceProposal:
+    """Defensive mixture of multivariate t's and the chart prior, for independence Metropolis-Hastings.
+
+    ``q = (1 - lam) sum_j beta_j t_nu(m_j, scale C_j) + lam p_k``: the t components are fitted to
+    windows of the chart's chains (:meth:`fit`), ``p_k`` is the chart prior. Heavier tails than a
+    Gaussian fit and the prior component keep ``p / q`` bounded where a fit is too narrow (then
+    the independence sampler stays uniformly ergodic, Mengersen & Tweedie 1996). Proposals drawn
+    from a fixed ``q`` are also an importance sample of the chart's evidence.
+
+    Parameters
+    ----------
+    chart
+        The chart (``prior.energy``, ``prior.log_normalizer``, ``sample_latent``).
+    means : Tensor
+        ``(M, d)`` centres of the t components.
+    covs : Tensor
+        ``(M, d, d)`` their covariances (multiplied by ``scale``).
+    weights : Tensor
+        ``(M,)`` their shares ``beta_j`` of the t part (normalised here).
+    nu : int
+        Degrees of freedom of the t components.
+    scale : float
+        Inflation of ``covs``.
+    prior_weight : float
+        ``lam``, the prior's share of the mixture.
+    """
+
+    def __init__(self, chart, means: Tensor, covs: Tensor, weights: Tensor, nu: int = 5, scale: float = 1.5,
+                 prior_weight: float = 0.1) -> None:
+        m, d = means.shape
+        self.chart, self.nu, self.lam = chart, int(nu), float(prior_weight)
+        self.means = means.to(torch.float64)
+        covs = scale * covs.to(torch.float64)
+        covs = 0.5 * (covs + covs.transpose(1, 2)) + 1e-10 * torch.eye(d, dtype=torch.float64)
+        self.chols = torch.linalg.cholesky(covs)
+        beta = weights.to(torch.float64)
+        self.log_beta = torch.log(beta / beta.sum())
+        self._cdf = torch.cumsum(beta / beta.sum(), 0)
+        self._log_t0 = (math.lgamma((self.nu + d) / 2) - math.lgamma(self.nu / 2)
+                        - 0.5 * d * math.log(self.nu * math.pi)
+                        - torch.log(torch.diagonal(self.chols, dim1=1, dim2=2)).sum(1))
+
+    @classmethod
+    def fit(cls, chart, window: Tensor, bins: int = 6, global_share: float = 0.3, **kwargs) -> IndependenceProposal:
+        """Fit to a window ``(n, C, d)`` of ``C`` chains (all chains of the chart, in chain order).
+
+        One component has the pooled draws' mean and covariance (between chains included); the
+        others (``1 - global_share`` of the t part) tile the draws along their first principal
+        axis: ``bins`` groups of equal count by the projection on it, each with its own mean and
+        covariance (Giordani & Kohn 2010 fit mixtures for the same purpose). A curved ridge, as
+        the EIT posterior of a badly fitting chart is (its draws: one principal variance 100x the
+        others), is covered by the tiles where one ellipsoid would waste most proposals beside it.
+        Covariances are shrunk by 5 % towards their diagonal (windows are short and autocorrelated).
+        """
+        d = window.shape[-1]
+        flat = window.reshape(-1, d)
+
+        def cov(x: Tensor) -> Tensor:
+            dev = x - x.mean(0)
+            s = dev.T @ dev / max(len(x) - 1, 1)
+            return 0.95 * s + 0.05 * torch.diag(torch.diagonal(s))
+
+        total = cov(flat)
+        means, covs, weights = [flat.mean(0)], [total], [global_share]
+        bins = min(int(bins), len(flat) // (2 * d + 2))  # enough points per tile for a covariance
+        if bins >= 2:
+            axis = torch.linalg.eigh(total).eigenvectors[:, -1]
+            order = torch.argsort((flat - flat.mean(0)) @ axis, stable=True)
+            for part in torch.tensor_split(order, bins):
+                means.append(flat[part].mean(0))
+                covs.append(cov(flat[part]))
+                weights.append((1 - global_share) / bins)
+        return cls(chart, torch.stack(means), torch.stack(covs), torch.tensor(weights, dtype=torch.float64),
+                   **kwargs)
+
+    def sample(self, generator: torch.Generator) -> Tensor:
+        """One draw ``(d,)``; the same random numbers are consumed whichever component is chosen."""
+        d = self.means.shape[1]
+        pick = torch.rand((), generator=generator, dtype=torch.float64)
+        which = torch.rand((), generator=generator, dtype=torch.float64)
+        z = torch.randn(d, generator=generator, dtype=torch.float64)
+        chi = (torch.randn(self.nu, generator=generator, dtype=torch.float64) ** 2).sum()
+        from_prior = self.chart.sample_latent(1, generator)[0].to(torch.float64)
+        j = min(int(torch.searchsorted(self._cdf, which)), len(self._cdf) - 1)
+        t = self.means[j] + self.chols[j] @ z / torch.sqrt(chi / self.nu)
+        return from_prior if bool(pick < self.lam) else t
+
+    def log_density(self, w: Tensor) -> Tensor:
+        """``log q(w)`` of a batch ``(B, d)``, evaluated one item at a time (batch-invariant)."""
+        w = w.detach().to(torch.float64)
+        dev = (w[None] - self.means[:, None]).transpose(1, 2)  # (M, d, B)
+        sol = torch.linalg.solve_triangular(self.chols, dev, upper=False)
+        log_t = (self._log_t0[:, None] - 0.5 * (self.nu + w.shape[1]) * torch.log1p((sol**2).sum(1) / self.nu))
+        log_t = torch.logsumexp(log_t + self.log_beta[:, None], dim=0)
+        with torch.no_grad():
+            energy = torch.cat([self.chart.prior.energy(wi).to(torch.float64) for wi in w.split(1)])
+        log_prior = -energy - float(self.chart.prior.log_normalizer)
+        both = torch.stack([math.log1p(-self.lam) + log_t, math.log(self.lam) + log_prior])
+        return torch.logsumexp(both, dim=0)
+
+
+def _gather_chains(window: Tensor, chain_ids: Sequence[int], comm) -> Tensor:
+    """``(n, C_local, d)`` burn-in windows of this process -> ``(n, C_all, d)`` of all, by chain index.
+
+    Every process gets the same array in the same order as a serial run, so statistics fitted to it
+    are bit for bit those of the serial run.
+    """
+    if comm is None:
+        ids, parts = list(chain_ids), [window]
+    else:
+        gathered = comm.allgather((list(chain_ids), window.numpy()))
+        ids = [i for g in gathered for i in g[0]]
+        parts = [torch.as_tensor(g[1]) for g in gathered]
+    both = torch.cat(parts, dim=1)
+    return both[:, np.argsort(ids, kind="stable")]
+
+
 class ChartPotential:
     """``U(w) = 0.5 ||r(G_k(w))||^2 + energy_k(w)`` for one chart, in float64.
 
@@ -133,6 +250,31 @@ class ChartPotential:
             u = nll + energy
             (g,) = torch.autograd.grad(u.sum(), w)
         return u.detach(), g.detach(), nll.detach()
+
+    def value_lazy_grad(self, w: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+        """``U(w)``, the negative log-likelihood part, and ``grad(mask)``: ``grad U`` of the selected items.
+
+        The graph of every item is kept, so ``grad(mask)`` costs only the backward passes (the
+        adjoint solves for EIT) of the items ``mask`` selects (zeros elsewhere): an independence
+        proposal needs its gradient only if it is accepted.
+        """
+        leaves = [wi.detach().to(torch.float64).requires_grad_(True) for wi in w.split(1)]
+        us, nlls = [], []
+        with torch.enable_grad():
+            for leaf in leaves:
+                r = self.residual(self.chart.decode(leaf))
+                nll = 0.5 * (r**2).sum(dim=1)
+                us.append(nll + self.chart.prior.energy(leaf).to(torch.float64))
+                nlls.append(nll)
+        self.evaluations += w.shape[0]
+
+        def grad(mask: Tensor) -> Tensor:
+            g = torch.zeros(w.shape, dtype=torch.float64)
+            for i in torch.nonzero(mask).flatten().tolist():
+                g[i] = torch.autograd.grad(us[i].sum(), leaves[i])[0][0]
+            return g
+
+        return torch.cat(us).detach(), torch.cat(nlls).detach(), grad
 
     def gauss_newton(self, w: Tensor, h: float = 1e-4) -> Tensor:
         """``J^T J + Hess(energy)`` at each ``w`` ``(B, d, d)``; ``J`` by central differences in ``w``."""
@@ -179,6 +321,11 @@ class ChainDraws:
         Potential evaluations (each one forward solve for a batch item, with or without gradient).
     seconds : float
         Wall time of descent and sampling.
+    proposal_log_w : np.ndarray
+        ``(C, N)`` ``-U(w') - log q(w')`` of the post-burn-in independence proposals ``w' ~ q``
+        (an importance sample of the chart's evidence); ``(C, 0)`` without them.
+    proposal_accept : np.ndarray
+        ``(C, N)`` their acceptance probabilities; ``(C, 0)`` without them.
     """
 
     chart: int
@@ -191,6 +338,13 @@ class ChainDraws:
     starts: np.ndarray
     evaluations: int
     seconds: float
+    proposal_log_w: np.ndarray | None = None
+    proposal_accept: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("proposal_log_w", "proposal_accept"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros((len(self.chain_ids), 0)))
 
     @staticmethod
     def merge(parts: Sequence[ChainDraws]) -> ChainDraws:
@@ -203,7 +357,8 @@ class ChainDraws:
 
         return ChainDraws(parts[0].chart, sorted(int(i) for p in parts for i in p.chain_ids), cat("draws"),
                           cat("potential"), cat("nll"), cat("accept"), cat("step_size"), cat("starts"),
-                          sum(p.evaluations for p in parts), max(p.seconds for p in parts))
+                          sum(p.evaluations for p in parts), max(p.seconds for p in parts),
+                          cat("proposal_log_w"), cat("proposal_accept"))
 
 
 @dataclass
@@ -235,6 +390,7 @@ class ChartPosterior:
     log_evidence: float
     log_evidence_se: float
     is_ess: float
+    is_points: int = 0
 
     @property
     def chart(self) -> int:
@@ -319,6 +475,8 @@ class PosteriorResult:
                 "log_evidence": c.log_evidence,
                 "log_evidence_se": c.log_evidence_se,
                 "importance_ess": c.is_ess,
+                "importance_points": c.is_points,
+                "independence_acceptance": (float(s.proposal_accept.mean()) if s.proposal_accept.size else None),
                 "evaluations": s.evaluations,
                 "seconds": s.seconds,
             })
@@ -389,12 +547,17 @@ class AtlasPosterior:
         preconditioner as mass matrix inverse.
     target_accept : float, optional
         Acceptance rate the step size is adapted to (default 0.574 for MALA, 0.65 for HMC).
+    independence : int
+        ``m``: interleave ``m`` independence Metropolis-Hastings steps with every MALA/HMC step from half of
+        burn-in on (:class:`IndependenceProposal` fitted to the pooled chains at 1/2, 3/4 and the
+        end of burn-in, then fixed). Its post-burn-in proposals are the importance sample of the
+        chart's evidence (``importance_samples`` is then unused). Needs ``burn_in >= 2``.
     """
 
     def __init__(self, atlas, residual: ResidualFn, *, chains: int = 4, draws: int = 500, burn_in: int = 200,
                  thin: int | str = "auto", max_kept: int = 2000, descent_iter: int = 20, starts: int = 8,
                  mode_gap: float = 20.0, importance_samples: int = 256, leapfrog: int = 0,
-                 target_accept: float | None = None) -> None:
+                 target_accept: float | None = None, independence: int = 1) -> None:
         for name, v, lo in (("chains", chains, 1), ("draws", draws, 8), ("burn_in", burn_in, 0),
                             ("importance_samples", importance_samples, 16), ("descent_iter", descent_iter, 0),
                             ("max_kept", max_kept, 1), ("starts", starts, 1)):
@@ -405,6 +568,9 @@ class AtlasPosterior:
         if int(leapfrog) != leapfrog or leapfrog < 0:
             raise ValueError(f"leapfrog must be an integer >= 0, got {leapfrog!r}")
         self.leapfrog = int(leapfrog)
+        if int(independence) != independence or independence < 0:
+            raise ValueError(f"independence must be an integer >= 0, got {independence!r}")
+        self.independence = int(independence)
         if target_accept is None:
             target_accept = TARGET_ACCEPT if self.leapfrog == 0 else TARGET_ACCEPT_HMC
         if not 0 < target_accept < 1:
@@ -468,13 +634,13 @@ class AtlasPosterior:
         h = 0.5 * (h + h.transpose(1, 2))
         return torch.linalg.cholesky(torch.linalg.inv(h))
 
-    def _adapt_preconditioner(self, pot: ChartPotential, window: Tensor, prior_precision: float, first: bool,
-                              comm) -> Tensor:
-        """New preconditioner factor from the last burn-in window ``(n, C, d)`` of the chains.
+    def _adapt_preconditioner(self, pot: ChartPotential, window: Tensor, pooled: Tensor, prior_precision: float,
+                              first: bool) -> Tensor:
+        """New preconditioner factor from the last burn-in window ``(n, C, d)`` of this process' chains.
 
         First time: Gauss-Newton at the mean of the window's second half (the chains have not
         spread yet). Later: ``0.8 S + 0.2 Sigma_GN`` with ``S`` the within-chain covariance pooled
-        over all chains (of every process of ``comm``), because on a learned decoder the potential
+        over all chains (``pooled``: the window of every process' chains), because on a learned decoder the potential
         can rise much faster than its quadratic model a few standard deviations out (measured on
         EIT: +120 where Gauss-Newton predicted +15 at 3 sd), so ``Sigma_GN`` alone proposes too far
         in the weak directions and the step adaptation then starves the others.
@@ -483,10 +649,8 @@ class AtlasPosterior:
         gn = self._preconditioner(pot, centre, prior_precision)
         if first:
             return gn
-        dev = (window - window.mean(0, keepdim=True)).reshape(-1, window.shape[-1]).numpy()
-        if comm is not None:
-            dev = np.concatenate(comm.allgather(dev))
-        s = torch.as_tensor(dev.T @ dev / max(len(dev) - 1, 1))
+        dev = (pooled - pooled.mean(0, keepdim=True)).reshape(-1, pooled.shape[-1])
+        s = dev.T @ dev / max(len(dev) - 1, 1)
         cov = 0.8 * s + 0.2 * (gn @ gn.transpose(1, 2))
         return torch.linalg.cholesky(0.5 * (cov + cov.transpose(1, 2)))
 
@@ -522,6 +686,28 @@ class AtlasPosterior:
             if bad.all():
                 break
         return x, u_p, g_p, nll_p, u - u_p + 0.5 * (xi**2).sum(1) - 0.5 * (v**2).sum(1)
+
+    @staticmethod
+    def _independence_step(pot: ChartPotential, q: IndependenceProposal, w: Tensor, u: Tensor, g: Tensor,
+                           nll: Tensor, gens: Sequence[torch.Generator]):
+        """One independence Metropolis-Hastings step per chain, ``w' ~ q`` for every chain.
+
+        Acceptance ``min(1, [p(w') / q(w')] / [p(w) / q(w)])``. Returns the new state
+        ``(w, u, grad u, nll)``, the acceptance probabilities and ``log p(w') - log q(w')`` of the
+        proposals (``-inf`` where the potential is not finite).
+        """
+        prop = torch.stack([q.sample(gen) for gen in gens])
+        u_p, nll_p, grad = pot.value_lazy_grad(prop)
+        log_w_p = -u_p - q.log_density(prop)
+        log_w_p = torch.where(torch.isfinite(log_w_p), log_w_p, torch.full_like(log_w_p, -math.inf))
+        log_alpha = log_w_p - (-u - q.log_density(w))
+        alpha = torch.exp(log_alpha.clamp(max=0.0))
+        log_unif = torch.stack([torch.log(torch.rand((), generator=gen, dtype=torch.float64)) for gen in gens])
+        acc = log_unif < log_alpha
+        g_p = grad(acc)  # the adjoint pass only for accepted proposals (the next MALA step needs it)
+        acc = acc & torch.isfinite(g_p).all(1)
+        return (torch.where(acc[:, None], prop, w), torch.where(acc, u_p, u), torch.where(acc[:, None], g_p, g),
+                torch.where(acc, nll_p, nll), alpha, log_w_p)
 
     def sample_chart(self, k: int, seed: int = 0, chain_ids: Sequence[int] | None = None,
                      warm: Tensor | None = None,
@@ -564,6 +750,14 @@ class AtlasPosterior:
         out_u, out_nll, out_a = (np.empty((c, self.draws)) for _ in range(3))
         # the preconditioner follows the chain during burn-in (at 1/4, 1/2 and 3/4 of it)
         recompute_at = {self.burn_in * j // 4 for j in (1, 2, 3)} if self.burn_in >= 20 else set()
+        # the independence proposal joins at 1/2 of burn-in and is refitted at 3/4 and at its end
+        fit_at: set[int] = set()
+        if self.independence and self.burn_in >= 2:
+            fit_at = ({self.burn_in // 2, 3 * self.burn_in // 4} if self.burn_in >= 20 else set()) | {self.burn_in}
+        proposal: IndependenceProposal | None = None
+        m_ind = self.independence if fit_at else 0
+        n_ind = self.draws * m_ind
+        out_lw, out_pa = np.empty((c, n_ind)), np.empty((c, n_ind))
         history: list[Tensor] = []
         for step in range(total):
             xi = torch.stack([torch.randn(d, generator=gen, dtype=torch.float64) for gen in gens])
@@ -579,6 +773,11 @@ class AtlasPosterior:
             w = torch.where(acc[:, None], prop, w)
             u, nll = torch.where(acc, u_p, u), torch.where(acc, nll_p, nll)
             g = torch.where(acc[:, None], g_p, g)
+            if proposal is not None:
+                ind = []
+                for _ in range(m_ind):
+                    w, u, g, nll, alpha_ind, log_w_ind = self._independence_step(pot, proposal, w, u, g, nll, gens)
+                    ind.append((alpha_ind, log_w_ind))
             if step < self.burn_in:
                 da["t"] += 1
                 t = da["t"]
@@ -589,15 +788,23 @@ class AtlasPosterior:
                 da["log_bar"] = weight * log_eps + (1 - weight) * da["log_bar"]
                 eps = torch.exp(log_eps)
                 history.append(w.clone())
-                if step + 1 in recompute_at:
-                    chol = self._adapt_preconditioner(pot, torch.stack(history[-max(self.burn_in // 4, 2):]),
-                                                      prior_precision, step + 1 == min(recompute_at), comm)
-                    da = reset(eps)
+                if step + 1 in recompute_at | fit_at:
+                    window = torch.stack(history[-max(self.burn_in // 4, 2):])
+                    pooled = _gather_chains(window, chain_ids, comm)
+                    if step + 1 in recompute_at:
+                        chol = self._adapt_preconditioner(pot, window, pooled, prior_precision,
+                                                          step + 1 == min(recompute_at))
+                        da = reset(eps)
+                    if step + 1 in fit_at:
+                        proposal = IndependenceProposal.fit(chart, pooled)
                 if step + 1 == self.burn_in:
                     eps = torch.exp(da["log_bar"])
             else:
                 j = step - self.burn_in
                 out_w[:, j], out_u[:, j], out_nll[:, j], out_a[:, j] = w.numpy(), u.numpy(), nll.numpy(), alpha.numpy()
+                if proposal is not None:
+                    for i, (a_i, lw_i) in enumerate(ind):
+                        out_lw[:, j * m_ind + i], out_pa[:, j * m_ind + i] = lw_i.numpy(), a_i.numpy()
             if progress is not None:
                 info = {}
                 j = step - self.burn_in
@@ -605,7 +812,7 @@ class AtlasPosterior:
                     info["ess"] = float(np.min(effective_sample_size(out_w[:, : j + 1])))
                 progress(step + 1, total, info)
         return ChainDraws(k, chain_ids, out_w, out_u, out_nll, out_a, eps.numpy().copy(), starts,
-                          pot.evaluations, time.perf_counter() - t0)
+                          pot.evaluations, time.perf_counter() - t0, out_lw, out_pa)
 
     # ------------------------------------------------------------------ chart evidence
     def _proposal(self, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -669,7 +876,7 @@ class AtlasPosterior:
             log_z = float(m + math.log(mean_w) - chart.prior.log_normalizer)
             se = float(wts.std(ddof=1) / math.sqrt(len(wts)) / mean_w)
             is_ess = float(wts.sum() ** 2 / (wts**2).sum())
-        return ChartPosterior(samples, ess, rhat, ess_nll, rhat_nll, thin, log_z, se, is_ess)
+        return ChartPosterior(samples, ess, rhat, ess_nll, rhat_nll, thin, log_z, se, is_ess, len(log_w))
 
     def combine(self, charts: list[ChartPosterior], seconds: float) -> PosteriorResult:
         """Chart probabilities ``pi_k ∝ alpha_k Z_k`` and warnings."""
@@ -688,8 +895,8 @@ class AtlasPosterior:
                 warns.append(f"{label}: split R-hat {c.rhat.max():.3f} > {RHAT_MAX} (chains disagree)")
             if c.ess.min() < ESS_MIN:
                 warns.append(f"{label}: ESS {c.ess.min():.0f} < {ESS_MIN:.0f}")
-            if c.is_ess < 0.05 * self.importance_samples:
-                warns.append(f"{label}: importance-sampling ESS {c.is_ess:.1f} of {self.importance_samples} "
+            if c.is_ess < 0.05 * c.is_points:
+                warns.append(f"{label}: importance-sampling ESS {c.is_ess:.1f} of {c.is_points} "
                              "(chart mass unreliable)")
         return PosteriorResult(charts, p, log_alpha, seconds, warns)
 
@@ -728,14 +935,18 @@ class AtlasPosterior:
 
             local = self.sample_chart(k, seed, mine, warm, cb, comm)
             samples = local if comm is None else ChainDraws.merge(comm.allgather(local))
-            pts, log_q = self.importance_points(k, samples.draws, seed)
-            idx = np.arange(len(pts))[rank::size]
-            lw_local = self.importance_log_weights(k, pts[idx], log_q[idx])
-            if comm is None:
-                log_w = lw_local
+            if samples.proposal_log_w.shape[1] > 0:
+                # the post-burn-in independence proposals: iid from one fixed q for all chains
+                log_w = samples.proposal_log_w.reshape(-1)
             else:
-                log_w = np.empty(len(pts))
-                for r, part in enumerate(comm.allgather(lw_local)):
-                    log_w[np.arange(len(pts))[r::size]] = part
+                pts, log_q = self.importance_points(k, samples.draws, seed)
+                idx = np.arange(len(pts))[rank::size]
+                lw_local = self.importance_log_weights(k, pts[idx], log_q[idx])
+                if comm is None:
+                    log_w = lw_local
+                else:
+                    log_w = np.empty(len(pts))
+                    for r, part in enumerate(comm.allgather(lw_local)):
+                        log_w[np.arange(len(pts))[r::size]] = part
             charts.append(self.chart_posterior(samples, log_w))
         return self.combine(charts, time.perf_counter() - t0)

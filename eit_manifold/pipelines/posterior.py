@@ -51,9 +51,9 @@ class PosteriorConfig:
     out: str = "posterior"
     operator: str = "eit"
     atlas: str | None = None  # default: balls (eit), bars (blur)
-    samples: int = 300  # post-burn-in draws per chain
+    samples: int = 250  # post-burn-in draws per chain
     chains: int = 4
-    burn_in: int = 150
+    burn_in: int = 250
     thin: int | None = None  # None: automatic
     noise_level: float | None = None
     heldout: int | None = None
@@ -66,6 +66,7 @@ class PosteriorConfig:
     descent_iter: int = 20
     starts: int = 8
     importance_samples: int = 256
+    independence: int = 1
     save_samples: int = 200
     seed: int = 0
     plot: bool = True
@@ -85,6 +86,7 @@ class PosteriorConfig:
             setattr(self, name, check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1))
         self.burn_in = check_int("--burn-in", self.burn_in, 0)
         self.descent_iter = check_int("--descent-iter", self.descent_iter, 0)
+        self.independence = check_int("--independence", self.independence, 0)
         if self.thin is not None:
             self.thin = check_int("--thin", self.thin, 1)
         if self.noise_level is not None:
@@ -247,7 +249,7 @@ def run_posterior(config: PosteriorConfig, comm=None) -> dict:
     sampler = AtlasPosterior(prob.atlas, prob.residual, chains=config.chains, draws=config.samples,
                              burn_in=config.burn_in, thin=config.thin or "auto", descent_iter=config.descent_iter,
                              starts=config.starts,
-                             importance_samples=config.importance_samples)
+                             importance_samples=config.importance_samples, independence=config.independence)
     bar = None
     if config.progress and comm.rank == 0:
         from tqdm.auto import tqdm
