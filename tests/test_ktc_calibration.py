@@ -24,6 +24,7 @@ from eit_manifold.ktc.data import RADIUS, read_ktc
 from eit_manifold.operators.eit import MeshOptions
 from eit_manifold.operators.eit.cem import p1_discretisation
 from eit_manifold.operators.eit.geometry import Tank
+from eit_manifold.validation import smallest_contact_impedance
 
 COARSE = MeshOptions(0.012, 8.0, 4.0)  # ~4 000 cells: fast synthetic checks
 
@@ -81,9 +82,13 @@ def test_geometry_check_width():
     narrow = calibrate(ref, ktc_mesh(ktc_tank(electrode_width=0.0113)), per_electrode=False, geometry=False,
                        max_iter=6)
     assert narrow.residual > cal.residual + 0.005
-    # this fit prefers the z -> 0 limit: its trials stop at the smallest z double precision
-    # resolves instead of failing the factorisation (log z went to -99 before)
-    assert 1e-13 < narrow.contact_impedance[0] < 1e-10
+    # this fit prefers the z -> 0 limit: z falls by orders of magnitude below the adopted fit's, and
+    # its trials stay at or above the smallest z double precision resolves instead of failing the
+    # factorisation (log z went to -99 before). How far it gets in 6 iterations depends on the
+    # machine's round-off (3.6e-10 on one, < 1e-10 on another), so only the bounds are asserted.
+    floor = float(np.min(smallest_contact_impedance(narrow.electrode_width, narrow.sigma)))
+    assert floor * (1 - 1e-9) <= narrow.contact_impedance[0] < 1e-3 * cal.contact_impedance[0]
+    assert np.isfinite(narrow.residual)
 
 
 def test_bad_start_values():
