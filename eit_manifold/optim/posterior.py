@@ -228,13 +228,18 @@ class ChartPotential:
         # batch sizes, and MCMC amplifies that round-off (accept/reject decisions flip), so a chain
         # must not depend on which other chains share its process: then ``mpirun -n P`` draws the
         # very same chains as a serial run.
+        nll, energy = self._items(w.split(1))
+        return torch.cat(nll), torch.cat(energy)
+
+    def _items(self, items: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """``0.5 ||r||^2`` and ``energy`` of every ``(1, d)`` item, each evaluated alone (see :meth:`_split`)."""
         nll, energy = [], []
-        for wi in w.split(1):
+        for wi in items:
             r = self.residual(self.chart.decode(wi))
             nll.append(0.5 * (r**2).sum(dim=1))
             energy.append(self.chart.prior.energy(wi).to(torch.float64))
-        self.evaluations += w.shape[0]
-        return torch.cat(nll), torch.cat(energy)
+        self.evaluations += len(items)
+        return nll, energy
 
     def value(self, w: Tensor) -> Tensor:
         """``U(w)`` ``(B,)``, no gradient; NaN/inf stay (rejected by the sampler)."""
@@ -244,12 +249,8 @@ class ChartPotential:
 
     def value_and_grad(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``U(w)``, ``grad U(w)`` ``(B, d)`` and the negative log-likelihood part ``(B,)``."""
-        w = w.detach().to(torch.float64).requires_grad_(True)
-        with torch.enable_grad():
-            nll, energy = self._split(w)
-            u = nll + energy
-            (g,) = torch.autograd.grad(u.sum(), w)
-        return u.detach(), g.detach(), nll.detach()
+        u, nll, grad = self.value_lazy_grad(w)
+        return u, grad(torch.ones(w.shape[0], dtype=torch.bool)), nll
 
     def value_lazy_grad(self, w: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         """``U(w)``, the negative log-likelihood part, and ``grad(mask)``: ``grad U`` of the selected items.
@@ -259,14 +260,9 @@ class ChartPotential:
         proposal needs its gradient only if it is accepted.
         """
         leaves = [wi.detach().to(torch.float64).requires_grad_(True) for wi in w.split(1)]
-        us, nlls = [], []
         with torch.enable_grad():
-            for leaf in leaves:
-                r = self.residual(self.chart.decode(leaf))
-                nll = 0.5 * (r**2).sum(dim=1)
-                us.append(nll + self.chart.prior.energy(leaf).to(torch.float64))
-                nlls.append(nll)
-        self.evaluations += w.shape[0]
+            nlls, energies = self._items(leaves)
+            us = [a + b for a, b in zip(nlls, energies, strict=True)]
 
         def grad(mask: Tensor) -> Tensor:
             g = torch.zeros(w.shape, dtype=torch.float64)
@@ -338,13 +334,8 @@ class ChainDraws:
     starts: np.ndarray
     evaluations: int
     seconds: float
-    proposal_log_w: np.ndarray | None = None
-    proposal_accept: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("proposal_log_w", "proposal_accept"):
-            if getattr(self, name) is None:
-                setattr(self, name, np.zeros((len(self.chain_ids), 0)))
+    proposal_log_w: np.ndarray
+    proposal_accept: np.ndarray
 
     @staticmethod
     def merge(parts: Sequence[ChainDraws]) -> ChainDraws:
@@ -728,7 +719,7 @@ class AtlasPosterior:
         if c == 0:
             empty = np.zeros((0, self.draws))
             return ChainDraws(k, [], np.zeros((0, self.draws, d)), empty, empty, empty, np.zeros(0),
-                              np.zeros((0, d)), 0, 0.0)
+                              np.zeros((0, d)), 0, 0.0, np.zeros((0, 0)), np.zeros((0, 0)))
         gens = [_chain_generator(seed, k, i, 1) for i in chain_ids]
         prior_var = chart.sample_latent(4096, _chain_generator(seed, k, 2**20)).to(torch.float64).var(0).mean()
         prior_precision = float(1.0 / prior_var)
@@ -815,35 +806,24 @@ class AtlasPosterior:
                           pot.evaluations, time.perf_counter() - t0, out_lw, out_pa)
 
     # ------------------------------------------------------------------ chart evidence
-    def _proposal(self, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        flat = draws.reshape(-1, draws.shape[-1])
-        mean = flat.mean(0)
-        cov = np.atleast_2d(np.cov(flat.T)) * 1.5 + 1e-10 * np.eye(flat.shape[1])
-        return mean, cov
-
     def importance_points(self, k: int, draws: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Importance sample of chart ``k`` ``(n, d)`` and its proposal log-density ``(n,)``."""
         chart = self.atlas.charts[k]
-        n, nu, lam = self.importance_samples, 5.0, 0.1
-        mean, cov = self._proposal(draws)
-        d = len(mean)
+        flat = torch.as_tensor(draws.reshape(-1, draws.shape[-1]), dtype=torch.float64)
+        cov = torch.atleast_2d(torch.cov(flat.T))
+        # one t component on the draws (mean, covariance x 1.5) and 10 % the prior
+        q = IndependenceProposal(chart, flat.mean(0)[None], cov[None], torch.ones(1), nu=5, scale=1.5,
+                                 prior_weight=0.1)
+        n = self.importance_samples
+        n_prior = int(round(q.lam * n))
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), k, 3]))
-        chol = np.linalg.cholesky(cov)
-        n_prior = int(round(lam * n))
-        z = rng.standard_normal((n - n_prior, d))
-        chi = rng.chisquare(nu, size=(n - n_prior, 1))
-        t_pts = mean + (z @ chol.T) / np.sqrt(chi / nu)
+        z = rng.standard_normal((n - n_prior, flat.shape[1]))
+        chi = rng.chisquare(q.nu, size=(n - n_prior, 1))
+        mean, chol = q.means[0].numpy(), q.chols[0].numpy()
+        t_pts = mean + (z @ chol.T) / np.sqrt(chi / q.nu)
         p_pts = chart.sample_latent(n_prior, _chain_generator(seed, k, 4)).to(torch.float64).numpy()
         pts = np.concatenate([t_pts, p_pts])
-        # log-density of the multivariate t and of the (normalised) prior
-        sol = np.linalg.solve(chol, (pts - mean).T).T
-        maha = (sol**2).sum(1)
-        log_t = (math.lgamma((nu + d) / 2) - math.lgamma(nu / 2) - 0.5 * d * math.log(nu * math.pi)
-                 - np.log(np.diag(chol)).sum() - 0.5 * (nu + d) * np.log1p(maha / nu))
-        wt = torch.as_tensor(pts)
-        log_prior = (-chart.prior.energy(wt).to(torch.float64) - chart.prior.log_normalizer).numpy()
-        log_q = np.logaddexp(math.log(1 - lam) + log_t, math.log(lam) + log_prior)
-        return pts, log_q
+        return pts, q.log_density(torch.as_tensor(pts)).numpy()
 
     def importance_log_weights(self, k: int, pts: np.ndarray, log_q: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """``-U(w_i) - log q(w_i)`` for importance points of chart ``k``."""
