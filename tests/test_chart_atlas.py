@@ -50,6 +50,23 @@ def test_atlas_api_shapes() -> None:
         assert torch.allclose(atlas.project(proj), proj, atol=1e-4)
 
 
+def test_log_prior_latent_is_the_chart_prior_plus_the_log_weight() -> None:
+    atlas = _atlas(k=3)
+    atlas.set_weights(torch.tensor([0.2, 0.3, 0.5]))
+    w = torch.tensor([[0.1, -0.2], [0.9, 0.0], [0.0, 1.2]], dtype=torch.float64)
+    charts = torch.tensor([2, 0, 2])
+    log_z = 2 * math.log(1.6 + math.sqrt(2 * math.pi) * 0.05)  # the bounded prior's normaliser, d = 2
+    # energies 0 (plateau), 0.1^2 / (2 0.05^2) = 2 and 0.4^2 / (2 0.05^2) = 32
+    want = [math.log(0.5) - log_z, math.log(0.2) - 2.0 - log_z, math.log(0.5) - 32.0 - log_z]
+    got = atlas.log_prior_latent(charts, w)
+    assert got.dtype == torch.float64 and got.tolist() == pytest.approx(want, rel=1e-6)
+    # the start score of the descent: negative log-likelihood minus this log-prior
+    from eit_manifold.optim import posterior_score
+
+    score = posterior_score(atlas, lambda x: torch.full((len(x),), 10.0, dtype=torch.float64))
+    assert score(torch.zeros(3, 3), charts, w).tolist() == pytest.approx([10.0 - v for v in want], rel=1e-6)
+
+
 def test_project_is_the_nearest_chart_projection_and_fixes_every_chart_image() -> None:
     atlas = _atlas()
     with torch.no_grad():

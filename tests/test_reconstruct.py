@@ -154,3 +154,34 @@ def test_heldout_problems_are_the_reports_phantoms() -> None:
     clean = a.operator(torch.from_numpy(np.nan_to_num(a.truth, nan=1.0))[None]).numpy()[0]
     rel = np.linalg.norm(a.data.measurements - clean) / np.linalg.norm(clean)
     assert 0.005 < rel < 0.05  # 1 % noise plus the model difference between the meshes
+
+
+def test_atlas_picks_its_end_point_by_the_posterior_under_the_files_noise(tiny_atlas, operator):
+    import math
+
+    from eit_manifold.operators.noise import RelativeNoise
+    from eit_manifold.pipelines.reconstruct import neg_log_likelihood
+
+    with torch.no_grad():
+        x0 = load_atlas(tiny_atlas).charts[0].decode(torch.tensor([[0.3, -0.4, 0.2, 0.5, -0.1, 0.0]]))
+    sigma0 = image_to_conductivity(x0, 0.2, 1.8, clip=True)
+    clean = operator(sigma0)[0].numpy()
+    data = _data(operator, RelativeNoise(0.01).sample(clean, np.random.default_rng(0)), sigma0[0].numpy())
+    for unknown in (0.0, float("nan")):  # no noise level: no likelihood, the descent keeps the lowest misfit
+        data.noise_level = unknown
+        assert neg_log_likelihood(make_problem(data, operator), 0.2, 1.8) is None
+    config = ReconstructConfig(data="-", atlas=str(tiny_atlas), starts=2, iterations=3, image_size=32,
+                               warm_start=False)
+    assert reconstruct_problem(make_problem(data, operator), config)["details"]["selection"] == "objective"
+    data.noise_level = 0.01
+    problem = make_problem(data, operator)
+    # at the truth the whitened misfit is half a chi-square with m degrees of freedom
+    m = clean.size
+    nll = float(neg_log_likelihood(problem, 0.2, 1.8)(x0.double())[0])
+    assert abs(nll - m / 2) < 4 * math.sqrt(m / 2)
+    details = reconstruct_problem(problem, config)["details"]
+    assert details["selection"] == "posterior" and 0 <= details["best_start"] < len(details["objective_per_start"])
+    objective = reconstruct_problem(problem, ReconstructConfig(**{**config.__dict__, "select": "objective"}))
+    assert objective["details"]["selection"] == "objective"
+    with pytest.raises(ValueError, match="--select"):
+        ReconstructConfig(data="-", select="best")

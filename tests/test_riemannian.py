@@ -15,6 +15,7 @@ from eit_manifold.optim import (
     decode_with_jacobian,
     multistart_descent,
     riemannian_gradient,
+    select_start,
 )
 from eit_manifold.optim.riemannian import best_per_iteration, window_stalled
 
@@ -371,3 +372,29 @@ def test_step_grows_only_after_a_first_trial_acceptance() -> None:
     step, _, _ = opt._iterate(st)
     assert step[0] == 1e-3 and st.tau[0] == 2e-3  # grown
     assert step[1] < 1e3 and st.tau[1] == step[1]  # kept: the next trial is the accepted step
+
+
+def test_select_start_picks_the_lowest_score_and_keeps_the_descent() -> None:
+    atlas = two_circles_atlas()
+    f = dist2_to([0.2, 0.0])  # global minimum 0.09 at (0.5, 0), local 0.49 at (-0.5, 0)
+    left = torch.tensor([[-0.6, 0.1]], dtype=torch.float64)
+    plain = multistart_descent(atlas, f, left, prior_starts=4, seed=3, max_iter=300, ftol=0.0)
+    assert plain.result.x[0] > 0
+
+    def prefer_left(x, charts, w):  # a prior that outweighs the misfit gap on the left circle
+        return torch.where(x[:, 0] < 0, f(x) - 1.0, f(x))
+
+    picked = multistart_descent(atlas, f, left, prior_starts=4, seed=3, max_iter=300, ftol=0.0, select=prefer_left)
+    r = picked.result
+    assert r.x[0] < 0 and r.objective == pytest.approx(0.49, abs=1e-6)
+    assert torch.equal(r.x, r.x_all[r.best_start]) and torch.equal(r.w, r.w_all[r.best_start])
+    assert r.chart == r.chart_all[r.best_start] and r.objective == r.objective_all[r.best_start]
+    # the descent itself is the same; only the choice among its end points changed
+    assert np.array_equal(r.objective_all, plain.result.objective_all)
+    assert np.array_equal(r.history.objective, plain.result.history.objective)
+    # a non-finite score is never chosen; if none is finite the objective's choice stays
+    assert select_start(plain.result, lambda x, c, w: torch.where(x[:, 0] < 0, torch.nan, f(x))).x[0] > 0
+    none = select_start(plain.result, lambda x, c, w: torch.full((len(x),), torch.inf))
+    assert none.best_start == plain.result.best_start
+    with pytest.raises(ValueError, match="one value per start"):
+        select_start(plain.result, lambda x, c, w: torch.zeros(1))

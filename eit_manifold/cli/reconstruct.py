@@ -36,6 +36,9 @@ def reconstruct_command(
     prune: bool = typer.Option(
         True, help="Atlas: halve the surviving starts after descent iterations 10 and 20 (successive halving)."
     ),
+    select: str = typer.Option(
+        "posterior", help="Atlas: keep the end point of highest posterior density under the file's noise level "
+        "(posterior; files without a noise level fall back to objective) or of lowest misfit (objective)."),
 ) -> None:
     """Reconstruct a conductivity image; writes conductivity.npy/.xdmf, reconstruction.png, metrics.json."""
     from eit_manifold.pipelines.reconstruct import ReconstructConfig, reconstruct, reconstruct_batch
@@ -43,7 +46,7 @@ def reconstruct_command(
     config = ReconstructConfig(
         data=str(data[0]), out=str(out), method=method, atlas=atlas, starts=starts, iterations=iterations,
         mesh=mesh, mesh_size=mesh_size, sigma_min=sigma_min, sigma_max=sigma_max, image_size=image_size, seed=seed,
-        progress=is_root(), warm_start=warm_start, prune=prune,
+        progress=is_root(), warm_start=warm_start, prune=prune, select=select,
     )
     if len(data) > 1 or batch:
         for item in reconstruct_batch([str(d) for d in data], config):

@@ -101,6 +101,20 @@ class Atlas(nn.Module):
         """``-mean_i log sum_k alpha_k exp(-L_ik)``."""
         return -torch.logsumexp(-losses + self.log_weights, dim=1).mean()
 
+    def log_prior_latent(self, charts: Tensor, w: Tensor) -> Tensor:
+        """``log alpha_k + log p_k(w)`` of latent points ``w`` ``(B, d)`` of charts ``charts`` ``(B,)``, float64.
+
+        The atlas prior in chart coordinates (without the decoder's volume factor): the prior term
+        of the posterior ``p(k, w | d)`` that :mod:`eit_manifold.optim.posterior` samples.
+        """
+        charts = torch.as_tensor(charts, dtype=torch.long).reshape(-1)
+        out = torch.empty(len(charts), dtype=torch.float64)
+        for k in charts.unique().tolist():
+            rows = charts == k
+            out[rows] = (self.charts[k].prior.log_prob(w[rows]).to(torch.float64)
+                         + float(self.log_weights[k]))
+        return out
+
     def chart_probabilities(self, x: Tensor) -> Tensor:
         """Noise-free responsibilities ``(B, K)`` (rows sum to 1)."""
         losses, _ = self.neg_elbo_matrix(x, noise=False)
