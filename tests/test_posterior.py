@@ -232,6 +232,9 @@ def test_evidence_from_independence_proposals_agrees_with_separate_importance_sa
     assert np.allclose(runs[2].probabilities, probs, atol=0.03)
     with pytest.raises(ValueError, match="independence"):
         AtlasPosterior(atlas, residual, independence=-1)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="proposal_window"):
+            AtlasPosterior(atlas, residual, proposal_window=bad)
 
 
 # ---------------------------------------------------------------------------- bars, quadrature
