@@ -786,16 +786,14 @@ class AtlasPosterior:
                 da["log_bar"] = weight * log_eps + (1 - weight) * da["log_bar"]
                 eps = torch.exp(log_eps)
                 history.append(w.clone())
-                if step + 1 in recompute_at | fit_at:
+                if step + 1 in recompute_at:
                     window = torch.stack(history[-max(self.burn_in // 4, 2):])
-                    pooled = _gather_chains(window, chain_ids, comm)
-                    if step + 1 in recompute_at:
-                        chol = self._adapt_preconditioner(pot, window, pooled, prior_precision,
-                                                          step + 1 == min(recompute_at))
-                        da = reset(eps)
-                    if step + 1 in fit_at:
-                        fit_window = torch.stack(history[-max(int(self.burn_in * self.proposal_window), 2):])
-                        proposal = IndependenceProposal.fit(chart, _gather_chains(fit_window, chain_ids, comm))
+                    chol = self._adapt_preconditioner(pot, window, _gather_chains(window, chain_ids, comm),
+                                                      prior_precision, step + 1 == min(recompute_at))
+                    da = reset(eps)
+                if step + 1 in fit_at:
+                    fit_window = torch.stack(history[-max(int(self.burn_in * self.proposal_window), 2):])
+                    proposal = IndependenceProposal.fit(chart, _gather_chains(fit_window, chain_ids, comm))
                 if step + 1 == self.burn_in:
                     eps = torch.exp(da["log_bar"])
             else:

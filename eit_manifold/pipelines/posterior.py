@@ -190,30 +190,23 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
 def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     """The EIT posterior of a measurement file on the reconstruction mesh (on ``comm``)."""
     from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
-    from eit_manifold.operators.noise import RelativeNoise
-    from eit_manifold.optim.posterior import gaussian_residual
-    from eit_manifold.pipelines.reconstruct import load_problem
+    from eit_manifold.pipelines.reconstruct import load_problem, whitened_residual
 
     shape = (config.image_size, config.image_size)
     problem = load_problem(config.data, shape, config.mesh, config.mesh_size, comm)
     atlas = _load_atlas(config.atlas, shape)
-    d = problem.data.measurements
     eta = problem.data.noise_level if config.noise_level is None else config.noise_level
-    if not eta > 0:
-        raise ValueError(f"{config.data}: noise_level is {eta}; pass --noise-level (the posterior needs a noise model)")
-    std = RelativeNoise(eta).std(d)
     lo, hi = config.sigma_min, config.sigma_max
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return problem.operator(image_to_conductivity(x, lo, hi, clip=True))
-
+    residual = whitened_residual(problem, lo, hi, eta)
+    if residual is None:
+        raise ValueError(f"{config.data}: noise_level is {eta}; pass --noise-level (the posterior needs a noise model)")
     warm = None
     if config.warm_start:
         from eit_manifold.baselines.eit_absolute import gauss_newton_warm_start
 
         warm = torch.as_tensor(gauss_newton_warm_start(problem, lo, hi), dtype=torch.float32)
     truth = problem.truth
-    return PosteriorProblem(atlas, gaussian_residual(forward, torch.tensor(d), torch.tensor(std)),
+    return PosteriorProblem(atlas, residual,
                             lambda x: image_to_conductivity(x, lo, hi, clip=True), truth, problem.inside, warm,
                             float(problem.data.radius), "conductivity",
                             {"operator": "eit", "source": str(config.data), "noise_level": eta,

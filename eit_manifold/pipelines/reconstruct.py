@@ -200,36 +200,54 @@ def heldout_problems(indices, phantom: str = "balls", noise: float = 0.01, image
         yield int(i), make_problem(data, operator)
 
 
+def conductivity_forward(problem: EITProblem, sigma_min: float, sigma_max: float):
+    """``x -> A(sigma(x))`` for a batch of atlas images, ``sigma`` the clipped image->conductivity map."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return problem.operator(image_to_conductivity(x, sigma_min, sigma_max, clip=True))
+
+    return forward
+
+
 def misfit_objective(problem: EITProblem, sigma_min: float, sigma_max: float):
     """The atlas objective F(x) = 0.5 ||A(sigma(x)) - d||^2 / ||d||^2 for a batch of images (B,)."""
     d = problem.measurements
     scale = float((d**2).sum())
+    forward = conductivity_forward(problem, sigma_min, sigma_max)
 
     def objective(x: torch.Tensor) -> torch.Tensor:
-        y = problem.operator(image_to_conductivity(x, sigma_min, sigma_max, clip=True))
-        return 0.5 * ((y - d) ** 2).sum(dim=(1, 2)) / scale
+        return 0.5 * ((forward(x) - d) ** 2).sum(dim=(1, 2)) / scale
 
     return objective
 
 
-def neg_log_likelihood(problem: EITProblem, sigma_min: float, sigma_max: float):
-    """``0.5 ||(A(sigma(x)) - d) / s||^2`` per image ``(B,)``, ``s`` the file's relative noise level.
+def whitened_residual(problem: EITProblem, sigma_min: float, sigma_max: float, noise_level: float | None = None):
+    """``r(x) = (A(sigma(x)) - d) / s`` per image ``(B, m)``, ``s`` relative noise of ``noise_level``.
 
-    ``s`` is :class:`~eit_manifold.operators.noise.RelativeNoise` of the file's ``noise_level``, as
-    in the posterior job. Returns ``None`` when it gives no positive standard deviation (a file
-    without a noise level): the likelihood is then unknown.
+    ``noise_level`` defaults to the file's; ``s`` is
+    :class:`~eit_manifold.operators.noise.RelativeNoise` of it (shared by ``reconstruct`` and the
+    posterior job). Returns ``None`` when it gives no positive standard deviation (a level of 0 or
+    NaN, "unknown"): the likelihood is then unknown.
     """
-    eta = float(problem.data.noise_level)
+    from eit_manifold.optim.posterior import gaussian_residual
+
+    eta = float(problem.data.noise_level if noise_level is None else noise_level)
     if not eta > 0:  # 0 or NaN ("unknown")
         return None
-    d = problem.measurements
-    std = torch.as_tensor(np.array(RelativeNoise(eta).std(problem.data.measurements)), dtype=d.dtype)
+    std = torch.as_tensor(np.array(RelativeNoise(eta).std(problem.data.measurements)), dtype=torch.float64)
     if not bool((std > 0).all()):
+        return None
+    return gaussian_residual(conductivity_forward(problem, sigma_min, sigma_max), problem.measurements, std)
+
+
+def neg_log_likelihood(problem: EITProblem, sigma_min: float, sigma_max: float):
+    """``0.5 ||(A(sigma(x)) - d) / s||^2`` per image ``(B,)`` (:func:`whitened_residual`), or ``None``."""
+    residual = whitened_residual(problem, sigma_min, sigma_max)
+    if residual is None:
         return None
 
     def nll(x: torch.Tensor) -> torch.Tensor:
-        y = problem.operator(image_to_conductivity(x, sigma_min, sigma_max, clip=True))
-        return 0.5 * (((y - d) / std) ** 2).sum(dim=(1, 2))
+        return 0.5 * (residual(x) ** 2).sum(dim=1)
 
     return nll
 
