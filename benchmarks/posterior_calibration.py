@@ -79,7 +79,9 @@ def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op: GaussianBlu
         chart_probabilities=res.probabilities.tolist(),
         ess_min=[float(c.ess.min()) for c in res.charts],
         rhat_max=[float(c.rhat.max()) for c in res.charts],
-        acceptance=[float(c.samples.accept.mean()) for c in res.charts],
+        # local (MALA) acceptance, None when only independence steps ran after burn-in
+        acceptance=[d["acceptance_rate"] for d in res.diagnostics()["charts"]],
+        independence_acceptance=[d["independence_acceptance"] for d in res.diagnostics()["charts"]],
         warnings=res.warnings,
         mean_band_width=float(np.mean(stats["q95"] - stats["q05"])),
     )

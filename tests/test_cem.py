@@ -166,3 +166,27 @@ def test_wrong_current_shape_is_a_clear_error(tiny_mesh):
     fac = system.factorize(np.ones(system.n_cells))
     with pytest.raises(ValueError, match=r"shape \(P, 16\)"):
         fac.solve(np.ones((3, 15)))
+
+
+def test_reused_symbolic_factorisation_depends_on_sigma_alone(tiny_mesh):
+    # The MUMPS analysis is done once per system (on K(1)) and every sigma refactorises
+    # numerically: a factorisation must not depend on the conductivities factorised before it
+    # (chains on different MPI processes see different sequences), and it must solve K(sigma).
+    rng = np.random.default_rng(3)
+    currents = injection_patterns("adjacent", 16)
+    system = CEMSystem(tiny_mesh)
+    s1, s2 = (np.exp(0.5 * rng.standard_normal(system.n_cells)) for _ in range(2))
+    first = system.factorize(s1).solve(currents)
+    system.factorize(s2)
+    again = system.factorize(s1).solve(currents)
+    fresh = CEMSystem(tiny_mesh).factorize(s1).solve(currents)
+    for sol in (again, fresh):
+        assert np.array_equal(sol.electrode_potentials, first.electrode_potentials)
+        assert np.array_equal(sol.potentials, first.potentials)
+    # an earlier factorisation keeps its solutions after later ones (they are its unit solutions)
+    kept = system.factorize(s2)
+    system.factorize(s1)
+    U2 = kept.solve(currents).electrode_potentials
+    K = system.matrix(s2).toarray()
+    x = np.linalg.solve(K, np.vstack([np.zeros((system.n_nodes, 16)), currents.T]))
+    assert np.allclose(U2, x[system.n_nodes:].T, rtol=1e-9, atol=1e-12)

@@ -89,7 +89,8 @@ def linear_problem():
 @pytest.fixture(scope="module")
 def linear_case(linear_problem):
     atlas, residual, exact, probs = linear_problem
-    sampler = AtlasPosterior(atlas, residual, chains=4, draws=1500, burn_in=300, importance_samples=2000)
+    sampler = AtlasPosterior(atlas, residual, chains=4, draws=1500, burn_in=300, importance_samples=2000,
+                             independence=1, local_steps=1)  # the MALA kernel with one independence step
     return atlas, exact, probs, sampler.run(seed=3)
 
 
@@ -223,7 +224,7 @@ def test_independence_proposal_is_a_normalised_density_of_its_draws():
 
 def test_evidence_from_independence_proposals_agrees_with_separate_importance_sampling(linear_problem):
     atlas, residual, exact, probs = linear_problem
-    runs = {m: AtlasPosterior(atlas, residual, chains=2, draws=400, burn_in=100, independence=m,
+    runs = {m: AtlasPosterior(atlas, residual, chains=2, draws=400, burn_in=100, independence=m, local_steps=1,
                               importance_samples=800).run(seed=4) for m in (0, 2)}
     for c0, c2 in zip(runs[0].charts, runs[2].charts, strict=True):
         assert c0.is_points == 800 and c2.is_points == 2 * 400 * 2  # chains x draws x steps per draw
@@ -235,6 +236,55 @@ def test_evidence_from_independence_proposals_agrees_with_separate_importance_sa
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="proposal_window"):
             AtlasPosterior(atlas, residual, proposal_window=bad)
+
+
+def test_independence_only_sampling_after_burn_in_is_exact(linear_problem):
+    # local_steps=0: after burn-in only the independence steps (proposals pre-drawn per chain and
+    # evaluated in batches) move the chains; the draws must still follow the exact posterior.
+    atlas, residual, exact, probs = linear_problem
+    result = AtlasPosterior(atlas, residual, chains=2, draws=600, burn_in=100, independence=4, local_steps=0,
+                            proposal_block=16).run(seed=7)
+    for c, ex in zip(result.charts, exact, strict=True):
+        draws = c.samples.draws
+        ess = effective_sample_size(draws)
+        flat = draws.reshape(-1, draws.shape[-1])
+        sd = np.sqrt(np.diag(ex["cov"]))
+        assert np.all(np.abs(flat.mean(0) - ex["mean"]) <= 4 * sd / np.sqrt(ess))
+        assert np.all(np.abs(flat.var(0) / np.diag(ex["cov"]) - 1) <= 4 * np.sqrt(2 / ess))
+        thin = int(np.ceil(2 * draws.shape[0] * draws.shape[1] / ess.min()))
+        for j in range(2):
+            assert stats.kstest(draws[:, ::thin, j].ravel(), stats.norm(ex["mean"][j], sd[j]).cdf).pvalue > 1e-3
+        assert c.ess.min() > 400  # the t mixture fits a Gaussian posterior: near-independent draws
+        assert np.isnan(c.samples.accept).all() and c.is_points == 2 * 600 * 4
+    assert np.allclose(result.probabilities, probs, atol=0.03)
+    diag = result.diagnostics()["charts"][0]
+    assert diag["acceptance_rate"] is None and diag["independence_acceptance"] > 0.3
+    with pytest.raises(ValueError, match="local_steps=0 needs independence"):
+        AtlasPosterior(atlas, residual, independence=0, local_steps=0)
+    for name in ("local_steps", "proposal_block"):
+        with pytest.raises(ValueError, match=name):
+            AtlasPosterior(atlas, residual, **{name: -1})
+
+
+def test_proposal_pool_evaluates_blocks_of_proposals_in_one_batch(linear_problem):
+    from eit_manifold.optim.posterior import _ProposalPool
+
+    atlas, residual, *_ = linear_problem
+    chart = atlas.charts[0]
+    pot = ChartPotential(chart, residual)
+    w = torch.randn(7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u_batch, nll_batch = pot.value_batch(w)
+    assert torch.allclose(u_batch, pot.value(w), rtol=1e-12) and torch.all(nll_batch <= u_batch + 1e-12)
+    q = IndependenceProposal(chart, torch.zeros(1, 2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)[None],
+                             torch.ones(1))
+    pool, ref = _ProposalPool(torch.Generator().manual_seed(4)), torch.Generator().manual_seed(4)
+    pot.evaluations = 0
+    taken = [pool.take(pot, q, refill=5) for _ in range(6)]
+    assert pot.evaluations == 10  # two batches of five, drawn when the pool ran dry
+    expected = torch.stack([q.sample(ref) for _ in range(10)])[:6]
+    assert torch.equal(torch.stack([t[0] for t in taken]), expected)  # the generator's stream, in order
+    assert torch.allclose(torch.stack([t[1] for t in taken]), pot.value(expected), rtol=1e-12)
+    assert torch.allclose(torch.stack([t[3] for t in taken]), q.log_density(expected), rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------- bars, quadrature

@@ -15,7 +15,7 @@ def posterior_command(
     operator: str = typer.Option("eit", help="eit (complete electrode model) or blur (the paper's Gaussian blur)."),
     heldout: int = typer.Option(None, help="blur: the held-out bars image with this index instead of --data."),
     atlas: str = typer.Option(None, help="Bundled atlas name or directory (default: balls for eit, bars for blur)."),
-    samples: int = typer.Option(250, help="Post-burn-in draws per chain."),
+    samples: int = typer.Option(300, help="Post-burn-in draws per chain."),
     chains: int = typer.Option(4, help="Chains per chart (spread over MPI processes)."),
     burn_in: int = typer.Option(250, help="Adaptation steps per chain (step size, preconditioner), discarded."),
     thin: int = typer.Option(None, help="Keep every THIN-th draw (default: automatic, about 2 x ESS draws kept)."),
@@ -30,8 +30,10 @@ def posterior_command(
                                                "3-step Gauss-Newton image."),
     starts: int = typer.Option(8, help="Candidate starts per chart (prior samples); chains start at the best."),
     descent_iter: int = typer.Option(20, help="Riemannian descent steps that move the candidate starts."),
-    independence: int = typer.Option(1, help="Independence Metropolis-Hastings steps (t mixture fitted in burn-in) "
-                                             "per MALA step; their proposals give the chart probabilities. 0: off."),
+    independence: int = typer.Option(4, help="Independence Metropolis-Hastings steps (t mixture fitted in burn-in) "
+                                             "per draw; their proposals give the chart probabilities. 0: off."),
+    local_steps: int = typer.Option(0, help="MALA steps per draw after burn-in (0: only the independence steps "
+                                            "move the chains after burn-in)."),
     importance_samples: int = typer.Option(256, help="Importance samples per chart (chart probabilities) with "
                                                      "--independence 0."),
     save_samples: int = typer.Option(200, help="Images of this many posterior draws in samples.npz."),
@@ -46,14 +48,19 @@ def posterior_command(
         chains=chains, burn_in=burn_in, thin=thin, noise_level=noise_level, heldout=heldout, mesh=mesh,
         mesh_size=mesh_size, sigma_min=sigma_min, sigma_max=sigma_max, image_size=image_size,
         warm_start=warm_start, starts=starts, descent_iter=descent_iter, importance_samples=importance_samples,
-        independence=independence, save_samples=save_samples, seed=seed, progress=is_root(),
+        independence=independence, local_steps=local_steps, save_samples=save_samples, seed=seed, progress=is_root(),
     )
     diag = run_posterior(config)
     for c in diag["charts"]:
         echo(f"chart {c['chart']}: probability {c['probability']:.3g}, ESS {c['ess_min']:.0f}, "
-             f"R-hat {c['rhat_max']:.3f}, acceptance {c['acceptance_rate']:.2f}")
+             f"R-hat {c['rhat_max']:.3f}, acceptance {_rate(c['acceptance_rate'])}, "
+             f"independence acceptance {_rate(c['independence_acceptance'])}")
     if "truth" in diag:
         echo(f"90% interval coverage of the truth: {diag['truth']['coverage_90']:.3f}")
     for w in diag["warnings"]:
         echo(f"warning: {w}")
     echo(f"{diag['seconds']:.1f} s; wrote {out}/")
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -29,12 +29,19 @@ Per chart (``U(w) = 0.5 ||r(G(w))||^2 + energy_k(w)``):
   the within-chain covariance of the last quarter of burn-in pooled over the chart's chains),
   restarting the step adaptation each time. Adaptation stops at the end of burn-in, so the draws are from a
   fixed Markov kernel with the posterior as invariant law.
+* **Independence steps** (:class:`IndependenceProposal`, a defensive t mixture fitted to the pooled
+  chains ``proposal_fits`` times over the second half of burn-in): ``independence`` steps follow every MALA step from
+  half of burn-in on; after burn-in they alone move the chains by default (``local_steps=0``): a
+  fitted ``q`` decorrelates a chain in a few accepted jumps, and a MALA step costs about three
+  proposals. The proposals of a chain are drawn ahead and evaluated in batches
+  (:class:`_ProposalPool`); they are also the importance sample of the chart's evidence.
 * Every chain adapts alone and draws from its own generator (seeded by seed, chart and chain),
   and every process computes the same candidate starts, so chains can run on different processes
   with the same results (up to the round-off of batched network evaluations).
-* **Chart mass**: importance sampling of ``Z_k`` with a defensive mixture proposal (90 % a
-  multivariate t with 5 degrees of freedom fitted to the chart's draws, covariance x 1.5; 10 % the
-  prior), with its standard error and importance-sampling ESS.
+* **Chart mass**: importance sampling of ``Z_k``: the post-burn-in independence proposals, or
+  (``independence=0``) a defensive mixture proposal (90 % a multivariate t with 5 degrees of
+  freedom fitted to the chart's draws, covariance x 1.5; 10 % the prior), with its standard error
+  and importance-sampling ESS.
 
 Diagnostics per chart: split R-hat and ESS per latent coordinate (:mod:`.diagnostics`),
 acceptance rate, step size, time; R-hat > 1.05 or ESS < 100 is a warning.
@@ -247,6 +254,21 @@ class ChartPotential:
             nll, energy = self._split(w)
         return nll + energy
 
+    def value_batch(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """``U(w)`` and ``0.5 ||r||^2`` ``(B,)`` of a batch decoded as one batch, without gradient.
+
+        A batch must be made of one chain's own points (e.g. its pre-drawn independence proposals):
+        then it is the same batch whichever process runs the chain, and :meth:`_split`'s
+        batch-invariance holds. The values agree with :meth:`value`'s up to float32 round-off of the
+        batched network kernels.
+        """
+        with torch.no_grad():
+            r = self.residual(self.chart.decode(w))
+            nll = 0.5 * (r.to(torch.float64) ** 2).sum(dim=1)
+            energy = self.chart.prior.energy(w).to(torch.float64)
+        self.evaluations += w.shape[0]
+        return nll + energy, nll
+
     def value_and_grad(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``U(w)``, ``grad U(w)`` ``(B, d)`` and the negative log-likelihood part ``(B,)``."""
         u, nll, grad = self.value_lazy_grad(w)
@@ -289,6 +311,36 @@ class ChartPotential:
             lambda v: self.chart.prior.energy(v[None]).sum().to(torch.float64), wi) for wi in w])
         out = jtj + hess
         return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+
+
+class _ProposalPool:
+    """One chain's independence proposals, drawn ahead from a fixed ``q`` and evaluated in batches.
+
+    The proposals of an independence sampler do not depend on the chain's state, so a block of
+    them can be drawn and evaluated at once: the decoder then runs in one batch (EIT balls atlas:
+    ~1 ms per item against ~5 ms alone) while the operator still solves per item. A pool holds the
+    proposals of one ``q`` only (it is emptied when ``q`` is refitted) and is sized so that none is
+    left over at a refit.
+    """
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.clear()
+
+    def clear(self) -> None:
+        self._w = self._u = self._nll = self._log_q = None
+        self._next = 0
+
+    def take(self, pot: ChartPotential, q: IndependenceProposal, refill: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The next proposal ``w'`` ``(d,)`` with ``U(w')``, ``0.5 ||r(w')||^2`` and ``log q(w')``."""
+        if self._w is None or self._next >= len(self._w):
+            self._w = torch.stack([q.sample(self.generator) for _ in range(max(int(refill), 1))])
+            self._u, self._nll = pot.value_batch(self._w)
+            self._log_q = q.log_density(self._w)
+            self._next = 0
+        i = self._next
+        self._next += 1
+        return self._w[i], self._u[i], self._nll[i], self._log_q[i]
 
 
 @dataclass
@@ -458,8 +510,9 @@ class PosteriorResult:
                 "rhat_max": float(c.rhat.max()),
                 "ess_nll": c.ess_nll,
                 "rhat_nll": c.rhat_nll,
-                "acceptance_rate": float(s.accept.mean()),
-                "acceptance_per_chain": s.accept.mean(axis=1).tolist(),
+                # acceptance of the local (MALA/HMC) moves; None when only independence steps ran
+                "acceptance_rate": _nan_to_none(float(s.accept.mean())),
+                "acceptance_per_chain": [_nan_to_none(float(a)) for a in s.accept.mean(axis=1)],
                 "step_size": s.step_size.tolist(),
                 "thin": c.thin,
                 "kept": int(c.kept().shape[0]),
@@ -474,6 +527,10 @@ class PosteriorResult:
         return {"charts": charts, "chart_probabilities": self.probabilities.tolist(),
                 "seconds": self.seconds, "warnings": list(self.warnings),
                 "thresholds": {"rhat_max": RHAT_MAX, "ess_min": ESS_MIN}}
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if math.isnan(v) else v
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
@@ -539,20 +596,32 @@ class AtlasPosterior:
     target_accept : float, optional
         Acceptance rate the step size is adapted to (default 0.574 for MALA, 0.65 for HMC).
     independence : int
-        ``m``: interleave ``m`` independence Metropolis-Hastings steps with every MALA/HMC step from half of
-        burn-in on (:class:`IndependenceProposal` fitted to the pooled chains at 1/2, 3/4 and the
-        end of burn-in, then fixed). Its post-burn-in proposals are the importance sample of the
-        chart's evidence (``importance_samples`` is then unused). Needs ``burn_in >= 2``.
+        ``m``: interleave ``m`` independence Metropolis-Hastings steps with every MALA/HMC step from
+        half of burn-in on (:class:`IndependenceProposal` fitted to the pooled chains
+        ``proposal_fits`` times over the second half of burn-in, then fixed); after burn-in see
+        ``local_steps``. Its post-burn-in proposals are the importance sample of the chart's
+        evidence (``importance_samples`` is then unused). Needs ``burn_in >= 2``.
     proposal_window : float
         Share of burn-in (the last steps before each fit) that the independence proposal is
         fitted to: 0.5 by default (stop 25; stop 24 fitted to the last quarter, whose 62 steps of
         4 chains gave noisier covariances and acceptance lower on 5 of 6 development charts).
+    local_steps : int
+        MALA/HMC steps per draw after burn-in (burn-in always makes one per step, to adapt); 0:
+        only the ``independence`` steps move the chains after burn-in.
+    proposal_block : int
+        The independence proposals of this many steps are drawn ahead per chain and evaluated as
+        one batch (:class:`_ProposalPool`); it changes only the speed and the round-off.
+    proposal_fits : int
+        Fits of the independence proposal, evenly spaced over the second half of burn-in, the last
+        at its end (5 by default, stop 26: a chain that an independence step moved into a region
+        ``q`` underweights stays there, so a refit soon after takes the region in; 3 before).
     """
 
     def __init__(self, atlas, residual: ResidualFn, *, chains: int = 4, draws: int = 500, burn_in: int = 200,
                  thin: int | str = "auto", max_kept: int = 2000, descent_iter: int = 20, starts: int = 8,
                  mode_gap: float = 20.0, importance_samples: int = 256, leapfrog: int = 0,
-                 target_accept: float | None = None, independence: int = 1, proposal_window: float = 0.5) -> None:
+                 target_accept: float | None = None, independence: int = 4, proposal_window: float = 0.5,
+                 local_steps: int = 0, proposal_block: int = 16, proposal_fits: int = 5) -> None:
         for name, v, lo in (("chains", chains, 1), ("draws", draws, 8), ("burn_in", burn_in, 0),
                             ("importance_samples", importance_samples, 16), ("descent_iter", descent_iter, 0),
                             ("max_kept", max_kept, 1), ("starts", starts, 1)):
@@ -566,6 +635,14 @@ class AtlasPosterior:
         if int(independence) != independence or independence < 0:
             raise ValueError(f"independence must be an integer >= 0, got {independence!r}")
         self.independence = int(independence)
+        for name, v, lo in (("local_steps", local_steps, 0), ("proposal_block", proposal_block, 1),
+                            ("proposal_fits", proposal_fits, 1)):
+            if int(v) != v or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if local_steps == 0 and self.independence == 0:
+            raise ValueError("local_steps=0 needs independence >= 1 (the draws would never move)")
+        self.local_steps, self.proposal_block = int(local_steps), int(proposal_block)
+        self.proposal_fits = int(proposal_fits)
         if not 0 < proposal_window <= 1:
             raise ValueError(f"proposal_window must be in (0, 1], got {proposal_window!r}")
         self.proposal_window = float(proposal_window)
@@ -686,26 +763,26 @@ class AtlasPosterior:
         return x, u_p, g_p, nll_p, u - u_p + 0.5 * (xi**2).sum(1) - 0.5 * (v**2).sum(1)
 
     @staticmethod
-    def _independence_step(pot: ChartPotential, q: IndependenceProposal, w: Tensor, u: Tensor, g: Tensor,
-                           nll: Tensor, gens: Sequence[torch.Generator]):
-        """One independence Metropolis-Hastings step per chain, ``w' ~ q`` for every chain.
+    def _independence_step(pot: ChartPotential, q: IndependenceProposal, pools: Sequence[_ProposalPool], refill: int,
+                           w: Tensor, u: Tensor, nll: Tensor, gens: Sequence[torch.Generator]):
+        """One independence Metropolis-Hastings step per chain, ``w' ~ q`` from the chain's pool.
 
         Acceptance ``min(1, [p(w') / q(w')] / [p(w) / q(w)])``. Returns the new state
-        ``(w, u, grad u, nll)``, the acceptance probabilities and ``log p(w') - log q(w')`` of the
-        proposals (``-inf`` where the potential is not finite).
+        ``(w, u, nll)``, which chains accepted (their gradient is then not known), the acceptance
+        probabilities and ``log p(w') - log q(w')`` of the proposals (``-inf`` where the potential
+        is not finite).
         """
-        prop = torch.stack([q.sample(gen) for gen in gens])
-        u_p, nll_p, grad = pot.value_lazy_grad(prop)
-        log_w_p = -u_p - q.log_density(prop)
+        taken = [pool.take(pot, q, refill) for pool in pools]
+        prop = torch.stack([t[0] for t in taken])
+        u_p, nll_p, log_q_p = (torch.stack([t[j] for t in taken]) for j in (1, 2, 3))
+        log_w_p = -u_p - log_q_p
         log_w_p = torch.where(torch.isfinite(log_w_p), log_w_p, torch.full_like(log_w_p, -math.inf))
         log_alpha = log_w_p - (-u - q.log_density(w))
         alpha = torch.exp(log_alpha.clamp(max=0.0))
         log_unif = torch.stack([torch.log(torch.rand((), generator=gen, dtype=torch.float64)) for gen in gens])
         acc = log_unif < log_alpha
-        g_p = grad(acc)  # the adjoint pass only for accepted proposals (the next MALA step needs it)
-        acc = acc & torch.isfinite(g_p).all(1)
-        return (torch.where(acc[:, None], prop, w), torch.where(acc, u_p, u), torch.where(acc[:, None], g_p, g),
-                torch.where(acc, nll_p, nll), alpha, log_w_p)
+        return (torch.where(acc[:, None], prop, w), torch.where(acc, u_p, u), torch.where(acc, nll_p, nll), acc,
+                alpha, log_w_p)
 
     def sample_chart(self, k: int, seed: int = 0, chain_ids: Sequence[int] | None = None,
                      warm: Tensor | None = None,
@@ -748,33 +825,52 @@ class AtlasPosterior:
         out_u, out_nll, out_a = (np.empty((c, self.draws)) for _ in range(3))
         # the preconditioner follows the chain during burn-in (at 1/4, 1/2 and 3/4 of it)
         recompute_at = {self.burn_in * j // 4 for j in (1, 2, 3)} if self.burn_in >= 20 else set()
-        # the independence proposal joins at 1/2 of burn-in and is refitted at 3/4 and at its end
+        # the independence proposal joins at 1/2 of burn-in and is refitted up to its end
         fit_at: set[int] = set()
         if self.independence and self.burn_in >= 2:
-            fit_at = ({self.burn_in // 2, 3 * self.burn_in // 4} if self.burn_in >= 20 else set()) | {self.burn_in}
+            n_fit = self.proposal_fits if self.burn_in >= 20 else 1
+            # evenly spaced over the second half of burn-in, the last at its end
+            fit_at = {self.burn_in // 2 + (self.burn_in - self.burn_in // 2) * j // max(n_fit - 1, 1)
+                      for j in range(n_fit)} if n_fit > 1 else {self.burn_in}
         proposal: IndependenceProposal | None = None
         m_ind = self.independence if fit_at else 0
         n_ind = self.draws * m_ind
         out_lw, out_pa = np.empty((c, n_ind)), np.empty((c, n_ind))
         history: list[Tensor] = []
+        pools = [_ProposalPool(_chain_generator(seed, k, i, 5)) for i in chain_ids]
+        stale = torch.zeros(c, dtype=torch.bool)  # chains whose gradient is not that of their state
+        alpha = torch.full((c,), math.nan, dtype=torch.float64)
         for step in range(total):
-            xi = torch.stack([torch.randn(d, generator=gen, dtype=torch.float64) for gen in gens])
-            if self.leapfrog == 0:
-                prop, u_p, g_p, nll_p, log_alpha = self._mala(pot, w, u, g, chol, eps, xi)
-            else:
-                jitter = torch.stack([0.9 + 0.2 * torch.rand((), generator=gen, dtype=torch.float64) for gen in gens])
-                prop, u_p, g_p, nll_p, log_alpha = self._hmc(pot, w, u, g, chol, eps * jitter, xi)
-            log_alpha = torch.where(torch.isfinite(log_alpha), log_alpha, torch.full_like(log_alpha, -math.inf))
-            alpha = torch.exp(log_alpha.clamp(max=0.0))
-            log_unif = torch.stack([torch.log(torch.rand((), generator=gen, dtype=torch.float64)) for gen in gens])
-            acc = log_unif < log_alpha
-            w = torch.where(acc[:, None], prop, w)
-            u, nll = torch.where(acc, u_p, u), torch.where(acc, nll_p, nll)
-            g = torch.where(acc[:, None], g_p, g)
+            if step >= self.burn_in and self.local_steps == 0:
+                alpha = torch.full((c,), math.nan, dtype=torch.float64)  # no local move to record
+            for _ in range(1 if step < self.burn_in else self.local_steps):
+                if bool(stale.any()):  # moved by an independence step: the local move needs grad U here
+                    idx = torch.nonzero(stale).flatten()
+                    u[idx], g[idx], nll[idx] = pot.value_and_grad(w[idx])
+                    stale[:] = False
+                xi = torch.stack([torch.randn(d, generator=gen, dtype=torch.float64) for gen in gens])
+                if self.leapfrog == 0:
+                    prop, u_p, g_p, nll_p, log_alpha = self._mala(pot, w, u, g, chol, eps, xi)
+                else:
+                    jitter = torch.stack([0.9 + 0.2 * torch.rand((), generator=gen, dtype=torch.float64)
+                                          for gen in gens])
+                    prop, u_p, g_p, nll_p, log_alpha = self._hmc(pot, w, u, g, chol, eps * jitter, xi)
+                log_alpha = torch.where(torch.isfinite(log_alpha), log_alpha, torch.full_like(log_alpha, -math.inf))
+                alpha = torch.exp(log_alpha.clamp(max=0.0))
+                log_unif = torch.stack([torch.log(torch.rand((), generator=gen, dtype=torch.float64)) for gen in gens])
+                acc = log_unif < log_alpha
+                w = torch.where(acc[:, None], prop, w)
+                u, nll = torch.where(acc, u_p, u), torch.where(acc, nll_p, nll)
+                g = torch.where(acc[:, None], g_p, g)
             if proposal is not None:
+                # proposals are drawn ahead up to the next refit of q (or the end): a pool never outlives its q
+                until = min([f for f in fit_at if f > step], default=total)
+                refill = m_ind * min(self.proposal_block, until - step)
                 ind = []
                 for _ in range(m_ind):
-                    w, u, g, nll, alpha_ind, log_w_ind = self._independence_step(pot, proposal, w, u, g, nll, gens)
+                    w, u, nll, moved, alpha_ind, log_w_ind = self._independence_step(pot, proposal, pools, refill,
+                                                                                      w, u, nll, gens)
+                    stale |= moved
                     ind.append((alpha_ind, log_w_ind))
             if step < self.burn_in:
                 da["t"] += 1
@@ -794,6 +890,8 @@ class AtlasPosterior:
                 if step + 1 in fit_at:
                     fit_window = torch.stack(history[-max(int(self.burn_in * self.proposal_window), 2):])
                     proposal = IndependenceProposal.fit(chart, _gather_chains(fit_window, chain_ids, comm))
+                    for pool in pools:
+                        pool.clear()
                 if step + 1 == self.burn_in:
                     eps = torch.exp(da["log_bar"])
             else:

@@ -51,7 +51,7 @@ class PosteriorConfig:
     out: str = "posterior"
     operator: str = "eit"
     atlas: str | None = None  # default: balls (eit), bars (blur)
-    samples: int = 250  # post-burn-in draws per chain
+    samples: int = 300  # post-burn-in draws per chain
     chains: int = 4
     burn_in: int = 250
     thin: int | None = None  # None: automatic
@@ -66,7 +66,8 @@ class PosteriorConfig:
     descent_iter: int = 20
     starts: int = 8
     importance_samples: int = 256
-    independence: int = 1
+    independence: int = 4
+    local_steps: int = 0  # MALA steps per draw after burn-in
     save_samples: int = 200
     seed: int = 0
     plot: bool = True
@@ -87,6 +88,10 @@ class PosteriorConfig:
         self.burn_in = check_int("--burn-in", self.burn_in, 0)
         self.descent_iter = check_int("--descent-iter", self.descent_iter, 0)
         self.independence = check_int("--independence", self.independence, 0)
+        self.local_steps = check_int("--local-steps", self.local_steps, 0)
+        if self.local_steps == 0 and self.independence == 0:
+            raise InputError("--local-steps 0 needs --independence >= 1 (the chains would never move); "
+                             "MALA only: --independence 0 --local-steps 1")
         if self.thin is not None:
             self.thin = check_int("--thin", self.thin, 1)
         if self.noise_level is not None:
@@ -242,7 +247,8 @@ def run_posterior(config: PosteriorConfig, comm=None) -> dict:
     sampler = AtlasPosterior(prob.atlas, prob.residual, chains=config.chains, draws=config.samples,
                              burn_in=config.burn_in, thin=config.thin or "auto", descent_iter=config.descent_iter,
                              starts=config.starts,
-                             importance_samples=config.importance_samples, independence=config.independence)
+                             importance_samples=config.importance_samples, independence=config.independence,
+                             local_steps=config.local_steps)
     bar = None
     if config.progress and comm.rank == 0:
         from tqdm.auto import tqdm

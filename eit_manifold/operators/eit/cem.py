@@ -11,8 +11,10 @@ ground ``sum_l U_l = 0`` exactly (multiply the system by the null vector). Only 
 sigma, linearly: the matrix is assembled from COO triplets whose positions are fixed once
 (PETSc ``setPreallocationCOO``) and whose sigma-dependent values are the per-cell P1 stiffness
 entries times the cell conductivity, so a new sigma costs one vector product, one
-``setValuesCOO`` and one MUMPS Cholesky factorisation, and recompiles nothing. All current
-patterns are solved as one multi-right-hand-side solve.
+``setValuesCOO`` and one numeric MUMPS Cholesky factorisation (the symbolic analysis, half the
+cost of a fresh factorisation on the coarse mesh, is done once per system), and recompiles
+nothing. The L unit electrode problems are solved right after, as one multi-right-hand-side
+solve, and every later solve (all current patterns, every adjoint) combines them.
 
 MPI: the mesh may be distributed over a communicator. Each process assembles the entries of
 the cells and electrode facets it owns (PETSc sends off-process entries where they belong), the
@@ -260,6 +262,7 @@ class CEMSystem:
         self._scatter_space = (dolfinx.fem.functionspace(tank_mesh.mesh, ("Lagrange", 1))
                                if self.comm.size > 1 else None)
         self._scatter_vectors: dict[int, dolfinx.la.Vector] = {}
+        self._cholesky: _CholeskySolver | None = None  # made on the first direct factorisation
 
     @property
     def n_cells(self) -> int:
@@ -276,13 +279,17 @@ class CEMSystem:
 
     def petsc_matrix(self, sigma: np.ndarray) -> PETSc.Mat:
         """The system matrix K(sigma) (grounded, SPD) as a PETSc matrix on the mesh's communicator."""
+        mat = self._template.duplicate(copy=False)  # keeps the COO pattern; no new symbolic work
+        self.set_values(mat, sigma)
+        return mat
+
+    def set_values(self, mat: PETSc.Mat, sigma: np.ndarray) -> None:
+        """Overwrite the values of ``mat`` (a matrix with this system's COO pattern) with K(sigma)."""
         sigma = check_conductivity(sigma, self.n_cells)
         values = np.concatenate([(self._stiffness_values * self.local_cells(sigma)[:, None]).ravel(),
                                  self._constant_values])
-        mat = self._template.duplicate(copy=False)  # keeps the COO pattern; no new symbolic work
         mat.setValuesCOO(values.astype(PETSc.ScalarType), addv=PETSc.InsertMode.INSERT_VALUES)
         mat.assemble()
-        return mat
 
     def matrix(self, sigma: np.ndarray) -> sp.csr_matrix:
         """K(sigma) as a SciPy CSR matrix (serial only; for inspection and tests)."""
@@ -349,8 +356,11 @@ class CEMSystem:
         """
         sigma = check_conductivity(sigma, self.n_cells)
         if self.choose_solver(solver) == "iterative":
-            return CEMFactorization(self, sigma, _SchurCGSolver(self, sigma, rtol))
-        return CEMFactorization(self, sigma, _CholeskySolver(self.petsc_matrix(sigma), self))
+            return CEMFactorization(self, sigma, solver=_SchurCGSolver(self, sigma, rtol))
+        if self._cholesky is None:
+            self._cholesky = _CholeskySolver(self)
+        units = self.split_solution(self._cholesky.unit_solutions(sigma))
+        return CEMFactorization(self, sigma, units=units)
 
     def electrode_rhs(self, values: np.ndarray) -> np.ndarray:
         """This process's rows of the right-hand sides [0; values_p] for values (P, L): (n_local_rows, P)."""
@@ -408,54 +418,61 @@ class CEMSolution:
 
 
 class _CholeskySolver:
-    """Sparse Cholesky factorisation (MUMPS through PETSc) with multi-right-hand-side solves.
+    """Sparse Cholesky factorisation (MUMPS through PETSc) of K(sigma), one per system, reused.
 
     MUMPS' factorisation is ~3x and its 16-column solve ~10x faster than SciPy's SuperLU on the
-    default mesh, and it runs in parallel on a distributed matrix.
+    default mesh, and it runs in parallel on a distributed matrix. The symbolic analysis
+    (ordering, elimination tree) depends only on the sparsity pattern, so it is done once, on
+    K(1); each new sigma overwrites the matrix values and refactorises numerically (coarse mesh:
+    4.4 ms against 8.9 ms for a fresh factorisation). The analysis is always that of K(1), so a
+    factorisation depends on its sigma alone, not on which conductivities came before (chains
+    spread over MPI processes see different sequences and must get the same numbers).
+
+    Only :meth:`unit_solutions` uses the factor, right after refactorising: a caller that needs
+    solves later keeps those (every electrode right-hand side is a combination of them).
     """
 
-    def __init__(self, matrix: PETSc.Mat, system: CEMSystem):
+    def __init__(self, system: CEMSystem):
         self._system = system
-        self._mat = matrix
-        self._comm = matrix.getComm()
+        self._mat = system.petsc_matrix(np.ones(system.n_cells))
+        self._comm = self._mat.getComm()
         self._ksp = PETSc.KSP().create(self._comm)
-        self._ksp.setOperators(matrix)
+        self._ksp.setOperators(self._mat)
         self._ksp.setType("preonly")
         pc = self._ksp.getPC()
         pc.setType("cholesky")
         pc.setFactorSolverType("mumps")
         pc.setFactorSetUpSolverType()
-        self._factor = pc.getFactorMatrix()
         # Approximate minimum fill ordering: 3x faster analysis+factorisation than MUMPS' automatic
         # choice on these 2-D meshes, serial and on 2 processes, with the same or less fill.
         # On 3-D meshes nested dissection (METIS) fills much less.
-        self._factor.setMumpsIcntl(7, 5 if system.disc.dim == 3 else 2)
+        pc.getFactorMatrix().setMumpsIcntl(7, 5 if system.disc.dim == 3 else 2)
         self._ksp.setUp()
+        # The unit right-hand sides [0; e_l] and their solutions, dense, made once.
+        rhs = np.asfortranarray(system.electrode_rhs(np.eye(system.n_electrodes)), dtype=PETSc.ScalarType)
+        n_local, L = rhs.shape
+        self._rhs_array = rhs  # PETSc uses this memory without copying it: keep it alive
+        self._rhs = PETSc.Mat().createDense(((n_local, system.size), (PETSc.DECIDE, L)), array=rhs,
+                                            comm=self._comm)
+        self._x = self._rhs.duplicate()
 
-    def solve_electrode(self, values: np.ndarray) -> np.ndarray:
-        """This process's rows (n_local_rows, P) of K^{-1} [0; values_p] for values (P, L)."""
-        return self.solve(self._system.electrode_rhs(values))
-
-    def solve(self, rhs: np.ndarray) -> np.ndarray:
-        """Solve K X = rhs for this process's rows of rhs (n_local_rows, P); returns the same rows of X."""
-        n_local, P = rhs.shape
-        n_global = self._mat.getSize()[0]
-        array = np.asfortranarray(rhs, dtype=PETSc.ScalarType)
-        b = PETSc.Mat().createDense(((n_local, n_global), (PETSc.DECIDE, P)), array=array, comm=self._comm)
-        x = b.duplicate()
-        self._factor.matSolve(b, x)
-        out = x.getDenseArray().copy()
-        b.destroy()
-        x.destroy()
-        return out
+    def unit_solutions(self, sigma: np.ndarray) -> np.ndarray:
+        """This process's rows (n_local_rows, L) of K(sigma)^{-1} [0; I]: refactorise, then one solve."""
+        self._system.set_values(self._mat, sigma)
+        # Same matrix object, new values: PETSc redoes only the numeric factorisation.
+        self._ksp.setOperators(self._mat)
+        self._ksp.setUp()
+        self._ksp.getPC().getFactorMatrix().matSolve(self._rhs, self._x)
+        return self._x.getDenseArray().copy()
 
     def __del__(self) -> None:
-        # Free the MUMPS factors now rather than at interpreter exit: bounded memory over many calls.
-        # Every PETSc object must be destroyed explicitly, the factor matrix first: petsc4py defers
-        # freeing parallel objects that Python collects (PETSc.garbage_cleanup), and a factor left to
-        # it keeps MUMPS' 13 duplicated communicators per factorisation, which exhausted MPICH's 2048
-        # context ids in the 15th step of a two-process reconstruction.
-        for obj in ("_factor", "_ksp", "_mat"):
+        # Free the MUMPS factors explicitly, the factor matrix first: petsc4py defers freeing
+        # parallel objects that Python collects (PETSc.garbage_cleanup), and a factor left to it
+        # keeps MUMPS' 13 duplicated communicators (per factorisation object, when every sigma
+        # made one, that exhausted MPICH's 2048 context ids in a two-process reconstruction).
+        if hasattr(self, "_ksp"):
+            self._ksp.getPC().getFactorMatrix().destroy()
+        for obj in ("_x", "_rhs", "_ksp", "_mat"):
             if hasattr(self, obj):
                 getattr(self, obj).destroy()
 
@@ -520,17 +537,21 @@ class _SchurCGSolver:
 class CEMFactorization:
     """K(sigma) factorised once; forward solves, vector-Jacobian products and Jacobians reuse it.
 
-    Every electrode right-hand side [0; v] is a combination of the L unit ones [0; e_l], so when
-    a solve has at least L right-hand sides it is cheaper to solve the L unit problems once and
-    combine them: the forward solve then costs L back-substitutions for any number P >= L of
-    patterns, and the adjoint of a vector-Jacobian product or a Jacobian costs none at all.
+    Every electrode right-hand side [0; v] is a combination of the L unit ones [0; e_l]. The
+    direct solver solves the L unit problems when it factorises (``units``) and every solve is a
+    combination of them: the forward solve costs L back-substitutions for any number of patterns,
+    and the adjoint of a vector-Jacobian product or a Jacobian costs none at all. The iterative
+    solver (``solver``) solves right-hand sides directly, and its unit solutions when P >= L.
     """
 
-    def __init__(self, system: CEMSystem, sigma: np.ndarray, solver: _CholeskySolver):
+    def __init__(self, system: CEMSystem, sigma: np.ndarray, solver: _SchurCGSolver | None = None,
+                 units: tuple[np.ndarray, np.ndarray] | None = None):
+        if (solver is None) == (units is None):
+            raise ValueError("a factorisation needs exactly one of solver and units")
         self.system = system
         self.sigma = sigma
         self._solver = solver
-        self._units: tuple[np.ndarray, np.ndarray] | None = None
+        self._units: tuple[np.ndarray, np.ndarray] | None = units
 
     def _direct(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values = np.asarray(values, dtype=float)
