@@ -94,23 +94,26 @@ def linear_case(linear_problem):
     return atlas, exact, probs, sampler.run(seed=3)
 
 
+def _assert_exact_gaussian(draws: np.ndarray, ex: dict) -> None:
+    """Latent draws ``(C, N, 2)`` against the exact Gaussian posterior ``ex``: mean, variances and
+    correlation within 4 Monte Carlo standard errors (ESS-based), KS test of the thinned marginals."""
+    ess = effective_sample_size(draws)
+    flat = draws.reshape(-1, draws.shape[-1])
+    sd = np.sqrt(np.diag(ex["cov"]))
+    assert np.all(np.abs(flat.mean(0) - ex["mean"]) <= 4 * sd / np.sqrt(ess))
+    assert np.all(np.abs(flat.var(0) / np.diag(ex["cov"]) - 1) <= 4 * np.sqrt(2 / ess))
+    corr = np.corrcoef(flat.T)[0, 1]
+    exact_corr = ex["cov"][0, 1] / (sd[0] * sd[1])
+    assert abs(corr - exact_corr) <= 4 * (1 - exact_corr**2) / np.sqrt(ess.min())
+    thin = int(np.ceil(2 * draws.shape[0] * draws.shape[1] / ess.min()))
+    for j in range(2):
+        assert stats.kstest(draws[:, ::thin, j].ravel(), stats.norm(ex["mean"][j], sd[j]).cdf).pvalue > 1e-3
+
+
 def test_linear_gaussian_latent_posterior_is_exact(linear_case):
     _, exact, _, result = linear_case
     for c, ex in zip(result.charts, exact, strict=True):
-        draws = c.samples.draws
-        ess = effective_sample_size(draws)
-        flat = draws.reshape(-1, draws.shape[-1])
-        sd = np.sqrt(np.diag(ex["cov"]))
-        assert np.all(np.abs(flat.mean(0) - ex["mean"]) <= 4 * sd / np.sqrt(ess))
-        var = flat.var(0)
-        assert np.all(np.abs(var / np.diag(ex["cov"]) - 1) <= 4 * np.sqrt(2 / ess))
-        corr = np.corrcoef(flat.T)[0, 1]
-        exact_corr = ex["cov"][0, 1] / (sd[0] * sd[1])
-        assert abs(corr - exact_corr) <= 4 * (1 - exact_corr**2) / np.sqrt(ess.min())
-        thin = int(np.ceil(2 * draws.shape[0] * draws.shape[1] / ess.min()))
-        for j in range(2):
-            sample = draws[:, ::thin, j].ravel()
-            assert stats.kstest(sample, stats.norm(ex["mean"][j], sd[j]).cdf).pvalue > 1e-3
+        _assert_exact_gaussian(c.samples.draws, ex)
         assert 0.4 < c.samples.accept.mean() < 0.8  # adapted towards 0.574
         assert c.ess.min() > 1000 and c.rhat.max() < 1.02
 
@@ -245,15 +248,7 @@ def test_independence_only_sampling_after_burn_in_is_exact(linear_problem):
     result = AtlasPosterior(atlas, residual, chains=2, draws=600, burn_in=100, independence=4, local_steps=0,
                             proposal_block=16).run(seed=7)
     for c, ex in zip(result.charts, exact, strict=True):
-        draws = c.samples.draws
-        ess = effective_sample_size(draws)
-        flat = draws.reshape(-1, draws.shape[-1])
-        sd = np.sqrt(np.diag(ex["cov"]))
-        assert np.all(np.abs(flat.mean(0) - ex["mean"]) <= 4 * sd / np.sqrt(ess))
-        assert np.all(np.abs(flat.var(0) / np.diag(ex["cov"]) - 1) <= 4 * np.sqrt(2 / ess))
-        thin = int(np.ceil(2 * draws.shape[0] * draws.shape[1] / ess.min()))
-        for j in range(2):
-            assert stats.kstest(draws[:, ::thin, j].ravel(), stats.norm(ex["mean"][j], sd[j]).cdf).pvalue > 1e-3
+        _assert_exact_gaussian(c.samples.draws, ex)
         assert c.ess.min() > 400  # the t mixture fits a Gaussian posterior: near-independent draws
         assert np.isnan(c.samples.accept).all() and c.is_points == 2 * 600 * 4
     assert np.allclose(result.probabilities, probs, atol=0.03)
