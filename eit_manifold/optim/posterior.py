@@ -847,6 +847,8 @@ class AtlasPosterior:
                 if bool(stale.any()):  # moved by an independence step: the local move needs grad U here
                     idx = torch.nonzero(stale).flatten()
                     u[idx], g[idx], nll[idx] = pot.value_and_grad(w[idx])
+                    # a finite potential with a non-finite gradient would make the local proposal NaN
+                    g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
                     stale[:] = False
                 xi = torch.stack([torch.randn(d, generator=gen, dtype=torch.float64) for gen in gens])
                 if self.leapfrog == 0:
