@@ -270,29 +270,13 @@ class ChartPotential:
         return nll + energy, nll
 
     def value_and_grad(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``U(w)``, ``grad U(w)`` ``(B, d)`` and the negative log-likelihood part ``(B,)``."""
-        u, nll, grad = self.value_lazy_grad(w)
-        return u, grad(torch.ones(w.shape[0], dtype=torch.bool)), nll
-
-    def value_lazy_grad(self, w: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
-        """``U(w)``, the negative log-likelihood part, and ``grad(mask)``: ``grad U`` of the selected items.
-
-        The graph of every item is kept, so ``grad(mask)`` costs only the backward passes (the
-        adjoint solves for EIT) of the items ``mask`` selects (zeros elsewhere): an independence
-        proposal needs its gradient only if it is accepted.
-        """
+        """``U(w)``, ``grad U(w)`` ``(B, d)`` and the negative log-likelihood part ``(B,)``, item by item."""
         leaves = [wi.detach().to(torch.float64).requires_grad_(True) for wi in w.split(1)]
         with torch.enable_grad():
             nlls, energies = self._items(leaves)
             us = [a + b for a, b in zip(nlls, energies, strict=True)]
-
-        def grad(mask: Tensor) -> Tensor:
-            g = torch.zeros(w.shape, dtype=torch.float64)
-            for i in torch.nonzero(mask).flatten().tolist():
-                g[i] = torch.autograd.grad(us[i].sum(), leaves[i])[0][0]
-            return g
-
-        return torch.cat(us).detach(), torch.cat(nlls).detach(), grad
+        g = torch.stack([torch.autograd.grad(ui.sum(), leaf)[0][0] for ui, leaf in zip(us, leaves, strict=True)])
+        return torch.cat(us).detach(), g, torch.cat(nlls).detach()
 
     def gauss_newton(self, w: Tensor, h: float = 1e-4) -> Tensor:
         """``J^T J + Hess(energy)`` at each ``w`` ``(B, d, d)``; ``J`` by central differences in ``w``."""
@@ -839,7 +823,6 @@ class AtlasPosterior:
         history: list[Tensor] = []
         pools = [_ProposalPool(_chain_generator(seed, k, i, 5)) for i in chain_ids]
         stale = torch.zeros(c, dtype=torch.bool)  # chains whose gradient is not that of their state
-        alpha = torch.full((c,), math.nan, dtype=torch.float64)
         for step in range(total):
             if step >= self.burn_in and self.local_steps == 0:
                 alpha = torch.full((c,), math.nan, dtype=torch.float64)  # no local move to record
