@@ -185,3 +185,37 @@ def test_atlas_picks_its_end_point_by_the_posterior_under_the_files_noise(tiny_a
     assert objective["details"]["selection"] == "objective"
     with pytest.raises(ValueError, match="--select"):
         ReconstructConfig(data="-", select="best")
+
+
+def test_atlas_mean_recovers_an_atlas_phantom_and_needs_a_noise_level(tiny_atlas, operator, monkeypatch, tmp_path):
+    import eit_manifold.pipelines.reconstruct as rec
+    from eit_manifold.operators.noise import RelativeNoise
+    from eit_manifold.validation import InputError
+
+    # a shorter chain than the default keeps the test fast; the estimator is the same
+    monkeypatch.setattr(rec, "MEAN_BURN_IN", 40)
+    monkeypatch.setattr(rec, "MEAN_DRAWS", 40)
+    with torch.no_grad():
+        x0 = load_atlas(tiny_atlas).charts[0].decode(torch.tensor([[0.3, -0.4, 0.2, 0.5, -0.1, 0.0]]))
+    sigma0 = image_to_conductivity(x0, 0.2, 1.8, clip=True)
+    clean = operator(sigma0)[0].numpy()
+    data = _data(operator, RelativeNoise(0.002).sample(clean, np.random.default_rng(1)), sigma0[0].numpy())
+    data.noise_level = 0.002
+    config = ReconstructConfig(data="-", method="atlas-mean", atlas=str(tiny_atlas), starts=2, image_size=32,
+                               warm_start=False)
+    assert config.iterations == 20  # descent steps that move the chains' starts
+    result = reconstruct_problem(make_problem(data, operator), config)
+    d = result["details"]
+    assert d["sampler"] == {"chains": 4, "burn_in": 40, "draws": 40, "starts": 2, "descent_iter": 20}
+    assert abs(sum(d["chart_probabilities"]) - 1) < 1e-9
+    assert result["metrics"]["relative_l2"] < 0.05  # the truth is an atlas image, noise 0.2 %
+    assert 0.2 <= np.nanmin(result["image"]) and np.nanmax(result["image"]) <= 1.8
+    # a file without a noise level has no likelihood: a one-line input error before any work
+    path = tmp_path / "no_noise.npz"
+    np.savez(path, currents=operator.model.currents, electrode_potentials=np.zeros_like(operator.model.currents),
+             measurements=clean, measurement_matrix=operator.model.measurement_matrix,
+             electrode_angles=operator.tank.electrode_angles, electrode_width=operator.tank.widths,
+             contact_impedance=operator.tank.impedances, radius=operator.tank.radius, noise_level=0.0)
+    with pytest.raises(InputError, match=r"no_noise\.npz: key 'noise_level' is 0\.0"):
+        rec.check_inputs([str(path)], ReconstructConfig(data=str(path), method="atlas-mean", atlas=str(tiny_atlas),
+                                                        image_size=32, out=str(tmp_path / "o")))

@@ -1,7 +1,9 @@
 """Reconstruct a conductivity from a measurement file: the ``reconstruct`` job.
 
-Methods: ``atlas`` (Riemannian descent on a learned atlas, the product's method), the classic
-baselines on the same CEM solver, ``gauss-newton`` (iterated Tikhonov) and ``tv``, and
+Methods: ``atlas`` (Riemannian descent on a learned atlas, the product's method), ``atlas-mean``
+(the posterior mean on the same atlas, sampled by :class:`~eit_manifold.optim.posterior.AtlasPosterior`:
+the estimate of least expected squared error under the atlas prior and the file's noise model), the
+classic baselines on the same CEM solver, ``gauss-newton`` (iterated Tikhonov) and ``tv``, and
 ``constant``, the trivial estimate every method must beat: the best homogeneous conductivity
 (least-squares fit of one conductivity to the data).
 The reconstruction mesh defaults to the ``coarse`` preset, which differs from the ``default``
@@ -53,7 +55,13 @@ from eit_manifold.validation import (
     collective_check,
 )
 
-METHODS = ("atlas", "gauss-newton", "tv", "constant")
+METHODS = ("atlas", "atlas-mean", "gauss-newton", "tv", "constant")
+#: Methods that search a learned atlas (they need ``--atlas`` and its image size).
+ATLAS_METHODS = ("atlas", "atlas-mean")
+#: Sampler settings of ``atlas-mean`` (chains per chart, burn-in, draws per chain): a mean needs far
+#: fewer effective draws than the quantiles of the ``posterior`` job (chosen on validation
+#: phantoms 100-119, docs/riemannian.md).
+MEAN_CHAINS, MEAN_BURN_IN, MEAN_DRAWS = 4, 100, 100
 #: How the atlas descent picks among its starts' end points (``--select``).
 SELECTIONS = ("posterior", "objective")
 MAX_STARTS = 1000
@@ -72,7 +80,7 @@ class ReconstructConfig:
     method: str = "atlas"
     atlas: str = "balls"
     starts: int = 8
-    iterations: int | None = None  # None: 60 for the atlas descent, 10 Gauss-Newton steps for the baselines
+    iterations: int | None = None  # None: 60 for the atlas descent (atlas-mean: 20 per start), 10 GN steps
     mesh: str | None = None
     mesh_size: float | None = None
     sigma_min: float = 0.2
@@ -90,7 +98,7 @@ class ReconstructConfig:
         check_choice("--method", self.method, METHODS)
         check_choice("--select", self.select, SELECTIONS)
         if self.iterations is None:
-            self.iterations = 60 if self.method == "atlas" else 10
+            self.iterations = {"atlas": 60, "atlas-mean": 20}.get(self.method, 10)
         check_int("--starts", self.starts, 1, MAX_STARTS)
         check_int("--iterations", self.iterations, 0, MAX_ITERATIONS)
         check_sigma_range(self.sigma_min, self.sigma_max)
@@ -252,10 +260,9 @@ def neg_log_likelihood(problem: EITProblem, sigma_min: float, sigma_max: float):
     return nll
 
 
-def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[np.ndarray, dict]:
-    """Riemannian descent on the atlas; returns the conductivity image and method details."""
+def _problem_atlas(problem: EITProblem, config: ReconstructConfig):
+    """The atlas of ``config``, checked against the reconstruction's image shape."""
     from eit_manifold.manifold import load_atlas
-    from eit_manifold.optim import multistart_descent, posterior_score
 
     atlas = load_atlas(config.atlas)
     if atlas.image_shape is None or tuple(atlas.image_shape) != tuple(problem.operator.image_shape):
@@ -263,11 +270,24 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
             f"atlas {config.atlas!r} makes images of shape {atlas.image_shape}, the reconstruction uses "
             f"{problem.operator.image_shape}: pass --image-size {atlas.image_shape and atlas.image_shape[0]}"
         )
-    warm = None
-    if config.warm_start:
-        from eit_manifold.baselines.eit_absolute import gauss_newton_warm_start
+    return atlas
 
-        warm = torch.as_tensor(gauss_newton_warm_start(problem, config.sigma_min, config.sigma_max))[None]
+
+def _warm_start(problem: EITProblem, config: ReconstructConfig) -> torch.Tensor | None:
+    """The Gauss-Newton warm start ``(1, H, W)`` as an atlas image, or ``None`` (``--no-warm-start``)."""
+    if not config.warm_start:
+        return None
+    from eit_manifold.baselines.eit_absolute import gauss_newton_warm_start
+
+    return torch.as_tensor(gauss_newton_warm_start(problem, config.sigma_min, config.sigma_max))[None]
+
+
+def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[np.ndarray, dict]:
+    """Riemannian descent on the atlas; returns the conductivity image and method details."""
+    from eit_manifold.optim import multistart_descent, posterior_score
+
+    atlas = _problem_atlas(problem, config)
+    warm = _warm_start(problem, config)
     nll = neg_log_likelihood(problem, config.sigma_min, config.sigma_max) if config.select == "posterior" else None
     selection = "objective" if nll is None else "posterior"
     found = multistart_descent(atlas, misfit_objective(problem, config.sigma_min, config.sigma_max), warm,
@@ -296,6 +316,46 @@ def reconstruct_atlas(problem: EITProblem, config: ReconstructConfig) -> tuple[n
         "pruning": {"prune_at": list(descent.prune_at), "pruned_after": result.pruned.tolist()},
     }
     return sigma, details
+
+
+def reconstruct_atlas_mean(problem: EITProblem, config: ReconstructConfig) -> tuple[np.ndarray, dict]:
+    """Posterior mean of the conductivity on the atlas; returns the image and method details.
+
+    ``E[sigma(x) | d]`` under ``p(x | d) ∝ exp(-||(A(sigma(x)) - d) / s||^2 / 2) p_atlas(x)`` (``s`` from
+    the file's noise level), estimated by :class:`~eit_manifold.optim.posterior.AtlasPosterior` with
+    :data:`MEAN_CHAINS` chains per chart, :data:`MEAN_BURN_IN` burn-in steps and :data:`MEAN_DRAWS`
+    draws per chain, started from ``config.starts`` prior samples and the Gauss-Newton warm start
+    moved by ``config.iterations`` descent steps. Why a mean: at 1 % noise many images of the atlas
+    fit the data to the noise level, and the descent returns one of them; the mean over them is the
+    estimate of least expected squared error under the model (the L2 error the report scores).
+    """
+    from eit_manifold.optim.posterior import AtlasPosterior, weighted_summary
+
+    atlas = _problem_atlas(problem, config)
+    residual = whitened_residual(problem, config.sigma_min, config.sigma_max)
+    if residual is None:
+        raise ValueError(f"noise level {problem.data.noise_level!r}: atlas-mean needs a positive noise level")
+    warm = _warm_start(problem, config)
+    sampler = AtlasPosterior(atlas, residual, chains=MEAN_CHAINS, burn_in=MEAN_BURN_IN, draws=MEAN_DRAWS,
+                             starts=config.starts, descent_iter=config.iterations)
+    result = sampler.run(seed=config.seed, warm=None if warm is None else warm[0].float())
+    lo, hi = config.sigma_min, config.sigma_max
+    images, _charts, weights = result.decode(atlas, lambda x: image_to_conductivity(x, lo, hi, clip=True))
+    stats = weighted_summary(images, weights)
+    diag = result.diagnostics()
+    details = {
+        "atlas": str(config.atlas),
+        "charts": atlas.n_charts,
+        "latent_dim": atlas.latent_dim,
+        "chart_probabilities": diag["chart_probabilities"],
+        "sampler": {"chains": MEAN_CHAINS, "burn_in": MEAN_BURN_IN, "draws": MEAN_DRAWS,
+                    "starts": config.starts, "descent_iter": config.iterations},
+        "ess_min": [c["ess_min"] for c in diag["charts"]],
+        "rhat_max": [c["rhat_max"] for c in diag["charts"]],
+        "posterior_std_mean": float(np.mean(stats["std"])),
+        "warnings": diag["warnings"],
+    }
+    return stats["mean"], details
 
 
 def _baseline(problem: EITProblem, config: ReconstructConfig) -> tuple[np.ndarray, dict]:
@@ -329,7 +389,7 @@ def compute_metrics(problem: EITProblem, sigma_image: np.ndarray, predicted: np.
 def reconstruct_problem(problem: EITProblem, config: ReconstructConfig) -> dict:
     """Run one method on a loaded problem; returns image, predicted data, metrics (no files)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    method = reconstruct_atlas if config.method == "atlas" else _baseline
+    method = {"atlas": reconstruct_atlas, "atlas-mean": reconstruct_atlas_mean}.get(config.method, _baseline)
     sigma, details = method(problem, config)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     sigma = np.asarray(sigma, dtype=float).reshape(problem.operator.image_shape)
@@ -380,7 +440,12 @@ def check_inputs(files: list[str], config: ReconstructConfig, batch: bool = Fals
                                 f"measurement file {f}: key 'contact_impedance'")
         check_mesh_option(config.mesh, config.mesh_size, data.radius)
         datas.append(data)
-    if config.method == "atlas":
+    if config.method == "atlas-mean":
+        for f, data in zip(files, datas, strict=True):
+            if not float(data.noise_level) > 0:
+                raise InputError(f"measurement file {f}: key 'noise_level' is {data.noise_level!r}; "
+                                 "--method atlas-mean needs the noise level (the likelihood of the posterior)")
+    if config.method in ATLAS_METHODS:
         from eit_manifold.manifold import load_atlas
 
         atlas = load_atlas(config.atlas)

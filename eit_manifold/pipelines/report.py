@@ -34,6 +34,7 @@ from eit_manifold.validation import InputError, check_float, check_int, check_se
 
 # method label -> (reconstruct method, atlas)
 DEFAULT_METHODS = {"atlas K=2": ("atlas", "balls"), "atlas K=1": ("atlas", "balls-k1"),
+                   "atlas-mean K=2": ("atlas-mean", "balls"),
                    "gauss-newton": ("gauss-newton", "balls"), "tv": ("tv", "balls"),
                    "constant": ("constant", "balls")}
 METRICS = ("relative_l2", "psnr", "ssim", "relative_data_misfit", "reconstruction_s", "reconstruction_cpu_s")
