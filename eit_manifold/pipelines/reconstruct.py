@@ -59,7 +59,7 @@ METHODS = ("atlas", "atlas-mean", "gauss-newton", "tv", "constant")
 #: Methods that search a learned atlas (they need ``--atlas`` and its image size).
 ATLAS_METHODS = ("atlas", "atlas-mean")
 #: Sampler settings of ``atlas-mean`` (chains per chart, burn-in, draws per chain): a mean needs far
-#: fewer effective draws than the quantiles of the ``posterior`` job (chosen on validation
+#: fewer effective draws than the quantiles of the ``posterior`` job (fixed, then checked once on validation
 #: phantoms 100-119, docs/riemannian.md).
 MEAN_CHAINS, MEAN_BURN_IN, MEAN_DRAWS = 4, 100, 100
 #: How the atlas descent picks among its starts' end points (``--select``).
