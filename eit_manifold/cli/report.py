@@ -26,10 +26,9 @@ def report_command(
     iterations: int = typer.Option(None, help="Iteration limit of the atlas methods (default 60; baselines: 10)."),
     n_out: int = typer.Option(1, help="Phantoms of each out-of-family kind (balls-signed, ellipse, three-disks)."),
     methods: str = typer.Option(None, help="Comma-separated subset of the methods (default: all of "
-                                "'atlas K=2,atlas K=1,atlas-mean K=2,gauss-newton,tv,constant'; also 'atlas-mean K=1'"
-                                "); runs with the same "
-                                "--n, --noise and --seed see the same phantoms and noise, so subsets can be run "
-                                "separately."),
+                                "'atlas K=2,atlas K=1,atlas-mean K=2,gauss-newton,tv,constant'; also "
+                                "'atlas-mean K=1'); runs with the same --n, --noise and --seed see the same "
+                                "phantoms and noise, so subsets can be run separately."),
 ) -> None:
     """The paper's EIT experiment: simulate held-out phantoms of the paper's balls family (and
     out-of-family ones) on the fine mesh, reconstruct them with atlas K=2, atlas K=1 (descent), the
