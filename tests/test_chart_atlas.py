@@ -160,6 +160,18 @@ def test_shape_mismatch_names_entry(tmp_path) -> None:
         load_atlas(tmp_path / "a")
 
 
+def test_image_shape_is_checked_before_the_weights_are_read(tmp_path) -> None:
+    """``load_atlas(..., image_shape)``: one check for every caller, fixed by the hint's option."""
+    save_atlas(_atlas(), tmp_path / "a")
+    (tmp_path / "a" / "atlas.pt").unlink()  # a shape error must not need the weights
+    with pytest.raises(ValueError, match=r"makes images of shape None, \(8, 8\) are needed: use None instead"):
+        load_atlas(tmp_path / "a", (8, 8), ": use {size} instead")
+    assert load_atlas("bars", (64, 64)).image_shape == (64, 64)
+    with pytest.raises(ValueError, match=r"'bars' makes images of shape \(64, 64\), \(32, 32\) are needed: "
+                                         r"pass --image-size 64"):
+        load_atlas("bars", (32, 32), ": pass --image-size {size}")
+
+
 @pytest.mark.parametrize("name", ["bars", "bars-k1", "balls", "balls-k1", "balls-signed", "balls-signed-k1"])
 def test_bundled_atlases_load(name: str) -> None:
     if name not in bundled_atlases():

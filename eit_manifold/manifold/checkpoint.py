@@ -140,25 +140,38 @@ def resolve_atlas_dir(name_or_dir: str | os.PathLike) -> Path:
     return path
 
 
-def load_atlas(name_or_dir: str | os.PathLike) -> Atlas:
+def load_atlas(name_or_dir: str | os.PathLike, image_shape: tuple[int, ...] | None = None,
+               hint: str = "") -> Atlas:
     """Load a trained atlas (in eval mode) from a bundled name or a directory.
 
     Parameters
     ----------
     name_or_dir : str or path-like
         One of :func:`bundled_atlases` or a directory written by :func:`save_atlas`.
+    image_shape : tuple of int, optional
+        The image shape the caller needs: an atlas of other points (or of images of another
+        shape) is an error here, before any work is done with it.
+    hint : str
+        Appended to that error (e.g. which option fixes it); ``{size}`` in it becomes the side of
+        the atlas' images.
 
     Raises
     ------
     FileNotFoundError
         Unknown name / missing files.
     ValueError
-        Corrupt or mismatched files (hash, keys, shapes, dtypes, non-finite values).
+        Corrupt or mismatched files (hash, keys, shapes, dtypes, non-finite values), or an
+        ``image_shape`` the atlas does not make.
     """
     directory = resolve_atlas_dir(name_or_dir)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     config = read_json(config_path)
     atlas = atlas_from_config(config, str(config_path))
+    if image_shape is not None and (atlas.image_shape is None or
+                                    tuple(atlas.image_shape) != tuple(image_shape)):
+        raise ValueError(f"atlas {str(name_or_dir)!r} makes images of shape {atlas.image_shape}, "
+                         f"{tuple(image_shape)} are needed"
+                         + hint.format(size=atlas.image_shape and atlas.image_shape[0]))
     if not weights_path.is_file():
         raise FileNotFoundError(f"file not found: {weights_path}")
     digest = config.get("sha256")

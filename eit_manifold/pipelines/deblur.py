@@ -180,12 +180,7 @@ def reconstruct_atlas(
     atlas_name: str, y: Tensor, op: GaussianBlur, cfg: DeblurConfig, label: str
 ) -> tuple[Tensor, list[dict]]:
     """Riemannian descent on ``atlas_name`` for every image of ``y`` ``(N, H, W)``."""
-    atlas = load_atlas(atlas_name)
-    atlas.eval()
-    if atlas.image_shape != tuple(y.shape[-2:]):
-        raise ValueError(
-            f"atlas {atlas_name!r} has image shape {atlas.image_shape}, data {tuple(y.shape[-2:])}"
-        )
+    atlas = load_atlas(atlas_name, tuple(y.shape[-2:]))
     gen = torch.Generator().manual_seed(cfg.seed)
     out, info = [], []
     for yi in tqdm(y, desc=label, leave=False):
@@ -325,10 +320,8 @@ def run_deblur(cfg: DeblurConfig, out: str | Path) -> dict:
         raise ValueError(f"atlas {cfg.atlas!r} is not an image atlas")
     size = atlas_main.image_shape[0]
     if cfg.atlas_k1:
-        k1 = load_atlas(cfg.atlas_k1)  # checked now, not after the first atlas's reconstructions
-        if k1.image_shape is None or tuple(k1.image_shape) != tuple(atlas_main.image_shape):
-            raise ValueError(f"atlas {cfg.atlas_k1!r} makes images of shape {k1.image_shape}, {cfg.atlas!r} of "
-                             f"{atlas_main.image_shape}: they must agree")
+        # checked now, not after the first atlas's reconstructions
+        load_atlas(cfg.atlas_k1, atlas_main.image_shape, f" (those of {cfg.atlas!r})")
     with staged_dir(out) as stage:
         return _run_deblur(cfg, atlas_main, size, stage)
 

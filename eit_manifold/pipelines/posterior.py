@@ -155,17 +155,9 @@ def write_blur_file(path: str | Path, truth: np.ndarray, noise_std: float, seed:
                     kernel_std=np.float64(op.std), background=np.float64(op.background), truth=truth)
 
 
-def _load_atlas(name: str, shape: tuple[int, int]):
-    from eit_manifold.manifold import load_atlas
-
-    atlas = load_atlas(name)
-    if atlas.image_shape is None or tuple(atlas.image_shape) != tuple(shape):
-        raise ValueError(f"atlas {name!r} makes images of shape {atlas.image_shape}, the data need {tuple(shape)}")
-    return atlas
-
-
 def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
     """The deblurring posterior of a file or a held-out bars image."""
+    from eit_manifold.manifold import load_atlas
     from eit_manifold.operators.blur import GaussianBlur, SeparableBlur
     from eit_manifold.optim.posterior import gaussian_residual
 
@@ -185,7 +177,7 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
         y = op.measure(torch.as_tensor(truth, dtype=torch.float64)[None],
                        torch.Generator().manual_seed(config.seed))[0].numpy()
         source = f"held-out bars image {config.heldout}"
-    atlas = _load_atlas(config.atlas, y.shape)
+    atlas = load_atlas(config.atlas, y.shape)
     residual = gaussian_residual(SeparableBlur(op, y.shape), torch.as_tensor(y), noise)
     return PosteriorProblem(atlas, residual, None, truth, np.ones(y.shape, dtype=bool), None, 1.0, "image value",
                             {"operator": "blur", "source": source, "noise_std": noise,
@@ -194,12 +186,13 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
 
 def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     """The EIT posterior of a measurement file on the reconstruction mesh (on ``comm``)."""
+    from eit_manifold.manifold import load_atlas
     from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
     from eit_manifold.pipelines.reconstruct import load_problem, whitened_residual
 
     shape = (config.image_size, config.image_size)
+    atlas = load_atlas(config.atlas, shape)  # before the mesh and the factorisation are built
     problem = load_problem(config.data, shape, config.mesh, config.mesh_size, comm)
-    atlas = _load_atlas(config.atlas, shape)
     eta = problem.data.noise_level if config.noise_level is None else config.noise_level
     lo, hi = config.sigma_min, config.sigma_max
     residual = whitened_residual(problem, lo, hi, eta)

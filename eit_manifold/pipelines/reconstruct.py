@@ -260,17 +260,15 @@ def neg_log_likelihood(problem: EITProblem, sigma_min: float, sigma_max: float):
     return nll
 
 
+# how a user fixes an atlas of another image size (load_atlas fills in the atlas' side)
+_IMAGE_SIZE_HINT = ": pass --image-size {size}"
+
+
 def _problem_atlas(problem: EITProblem, config: ReconstructConfig):
     """The atlas of ``config``, checked against the reconstruction's image shape."""
     from eit_manifold.manifold import load_atlas
 
-    atlas = load_atlas(config.atlas)
-    if atlas.image_shape is None or tuple(atlas.image_shape) != tuple(problem.operator.image_shape):
-        raise ValueError(
-            f"atlas {config.atlas!r} makes images of shape {atlas.image_shape}, the reconstruction uses "
-            f"{problem.operator.image_shape}: pass --image-size {atlas.image_shape and atlas.image_shape[0]}"
-        )
-    return atlas
+    return load_atlas(config.atlas, problem.operator.image_shape, _IMAGE_SIZE_HINT)
 
 
 def _warm_start(problem: EITProblem, config: ReconstructConfig) -> torch.Tensor | None:
@@ -448,13 +446,10 @@ def check_inputs(files: list[str], config: ReconstructConfig, batch: bool = Fals
     if config.method in ATLAS_METHODS:
         from eit_manifold.manifold import load_atlas
 
-        atlas = load_atlas(config.atlas)
-        if atlas.image_shape is None or tuple(atlas.image_shape) != (config.image_size, config.image_size):
-            raise InputError(
-                f"atlas {config.atlas!r} makes images of shape {atlas.image_shape}, the reconstruction uses "
-                f"{(config.image_size, config.image_size)}: pass --image-size "
-                f"{atlas.image_shape and atlas.image_shape[0]}"
-            )
+        try:
+            load_atlas(config.atlas, (config.image_size, config.image_size), _IMAGE_SIZE_HINT)
+        except ValueError as err:
+            raise InputError(str(err)) from None
     out = check_output_dir(config.out, "--out")
     if batch:
         for stem in stems:
