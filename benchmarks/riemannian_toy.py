@@ -25,7 +25,7 @@ import torch
 from eit_manifold.data import distance_to_manifold, make_toy
 from eit_manifold.io import write_json
 from eit_manifold.manifold import Atlas, ChartConfig, load_atlas, save_atlas
-from eit_manifold.manifold.training import TrainConfig, relative_projection_error, train_atlas
+from eit_manifold.manifold.training import AtlasTrainConfig, relative_projection_error, train_atlas
 from eit_manifold.optim import RiemannianDescent
 from eit_manifold.plotting import plot_trajectories
 from eit_manifold.seeding import seed_everything
@@ -52,7 +52,7 @@ def train_or_load(name: str, k: int, d: int, epochs: int, cache: Path) -> Atlas:
     data = torch.from_numpy(make_toy(name, 4000, "train", 0))
     atlas = Atlas(ChartConfig(data_shape=(data.shape[1],), latent_dim=d, sigma_hd=0.01), k)
     atlas.set_normalization(data.mean(0), float(data.std()))
-    cfg = TrainConfig(
+    cfg = AtlasTrainConfig(
         epochs=epochs,
         pretrain_epochs=max(2, epochs // 10),
         lipschitz_epochs=epochs // 5,

@@ -34,7 +34,7 @@ def main() -> None:
     from eit_manifold.ktc.data import read_ktc
     from eit_manifold.ktc.levels import level_rows, restrict_level
     from eit_manifold.ktc.methods import (
-        METHODS,
+        KTC_METHODS,
         MethodOptions,
         Resources,
         build_context,
@@ -77,7 +77,7 @@ def main() -> None:
                                         atlas_learned_start=learned_start)
                 level_ctx.resources = resources.setdefault(options, Resources(options))
                 t0 = time.perf_counter()
-                result = METHODS[name](level_ctx, change)
+                result = KTC_METHODS[name](level_ctx, change)
                 _, seg = image_and_segmentation(result)
                 s = class_scores(sim["truths"][i], seg)
                 row = {"case": i, "level": level, "method": spec, "score": 0.5 * (s[1] + s[2]),

@@ -98,13 +98,13 @@ def _segmenter_with(root: Path, **changes) -> Path:
 
 def _other_segmenter_checkpoint(root: Path) -> Path:
     """An output directory holding a ktc-train checkpoint written by another run (other seed's data)."""
-    from eit_manifold.ktc.segmenter import TrainConfig
+    from eit_manifold.ktc.segmenter import SegmenterTrainConfig
     from eit_manifold.manifold.checkpoint import save_training_checkpoint
 
     out = root / "segout"
     out.mkdir()
     save_training_checkpoint(out / "checkpoint.pt", {
-        "provenance": {"format": 1, "reference_sha256": "0" * 64, "level": 1}, "config": asdict(TrainConfig(
+        "provenance": {"format": 1, "reference_sha256": "0" * 64, "level": 1}, "config": asdict(SegmenterTrainConfig(
             epochs=1, width=16, seed=0)), "n": 10, "model": {}, "optimizer": {}, "scheduler": {}, "history": []})
     return out
 

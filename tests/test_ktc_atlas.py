@@ -19,7 +19,7 @@ from eit_manifold.ktc.atlas_method import (
 )
 from eit_manifold.ktc.calibration import Calibration
 from eit_manifold.ktc.data import KTCMeasurement
-from eit_manifold.ktc.methods import METHODS, MethodOptions, ReconstructionContext, Resources, segmented_image
+from eit_manifold.ktc.methods import KTC_METHODS, MethodOptions, ReconstructionContext, Resources, segmented_image
 from eit_manifold.manifold import load_atlas
 from eit_manifold.operators.eit import CEMForwardModel, EITOperator
 
@@ -101,7 +101,7 @@ def test_pipeline_atlas_method_runs_on_a_small_context(tiny_atlas):
                                 Resources(options))
     op = EITOperator.from_model(model, (SIZE, SIZE))
     change, _ = _synthetic_change(op, _disk_image(0.0, -0.4, 0.35, -1.0), sigma0)
-    out = METHODS["atlas"](ctx, change)
+    out = KTC_METHODS["atlas"](ctx, change)
     assert out.image.shape == (SIZE, SIZE) and np.all(np.isfinite(out.image)) and out.labels is None
     assert out.details["objective_final"] <= out.details["objective_start"]
     assert out.details["warm_starts"] == ["linear", "tv"]

@@ -13,7 +13,7 @@ from ktc_paths import ktc_dir
 from eit_manifold.ktc.phantoms import CONTRAST_EXPONENTS, Target, label_image, labels_at, sample_phantom
 from eit_manifold.ktc.segmenter import (
     SegmenterNet,
-    TrainConfig,
+    SegmenterTrainConfig,
     load_segmenter,
     predict,
     save_segmenter,
@@ -159,7 +159,7 @@ def _disk_task(n: int, seed: int):
 def test_segmenter_learns_a_toy_task_and_resumes_exactly(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     x, y = _disk_task(96, 0)
-    config = TrainConfig(epochs=12, batch_size=16, lr=5e-3, width=8, size=16, seed=0)
+    config = SegmenterTrainConfig(epochs=12, batch_size=16, lr=5e-3, width=8, size=16, seed=0)
     net, history = train_segmenter(x, y, config, progress=False)
     assert history[-1] < 0.5 * history[0]
     xv, yv = _disk_task(32, 1)
@@ -189,8 +189,8 @@ def test_segmenter_learns_a_toy_task_and_resumes_exactly(tmp_path, monkeypatch):
     for (k, a), b in zip(net.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="other settings"):
-        train_segmenter(x, y, TrainConfig(epochs=13, batch_size=16, lr=5e-3, width=8, size=16), checkpoint=ckpt,
-                        progress=False)
+        train_segmenter(x, y, SegmenterTrainConfig(epochs=13, batch_size=16, lr=5e-3, width=8, size=16),
+                        checkpoint=ckpt, progress=False)
     with pytest.raises(ValueError, match="labels must be 0, 1 or 2"):
         train_segmenter(x, np.full_like(y, 3), config, progress=False)
 
@@ -317,14 +317,14 @@ def test_networks_saved_before_channels_still_load(tmp_path):
 
 
 def test_learned_method_checks_its_network_against_the_run(tmp_path):
-    from eit_manifold.ktc.methods import METHODS, MethodOptions, MethodResult, Resources
+    from eit_manifold.ktc.methods import KTC_METHODS, MethodOptions, MethodResult, Resources
 
     ctx, change = _small_context()
     cal, ref = ctx.calibration, ctx.reference
 
     def using(name):
         ctx.resources = Resources(MethodOptions(segmenter=str(tmp_path / name)))
-        return METHODS["learned"](ctx, change)
+        return KTC_METHODS["learned"](ctx, change)
 
     net = SegmenterNet(width=4, size=16).eval()
     meta = {"level": 1, "grid": 16, "patterns": ref.patterns.tolist(), "measurements": ref.measurements.tolist(),

@@ -96,7 +96,7 @@ def test_noise_std_rule():
 def test_absolute_method_recovers_a_blob_despite_channel_offsets():
     from eit_manifold.ktc.calibration import Calibration
     from eit_manifold.ktc.data import KTCMeasurement
-    from eit_manifold.ktc.methods import METHODS, ReconstructionContext
+    from eit_manifold.ktc.methods import KTC_METHODS, ReconstructionContext
 
     model, basis, _, _ = _setup()
     sigma0 = 0.8
@@ -111,7 +111,7 @@ def test_absolute_method_recovers_a_blob_despite_channel_offsets():
     cal = Calibration(sigma0, model.tank.impedances.copy(), 0.0, offsets=offsets)
     ctx = ReconstructionContext(model, cal, reference, basis, np.zeros((P * M, basis.size)),
                                 noise_std(u_ref, 0.01, 0.001))
-    image = METHODS["absolute"](ctx, change).image
+    image = KTC_METHODS["absolute"](ctx, change).image
     x = image.ravel()[basis.active]
     assert x.min() < 0 and abs(x.min()) > abs(x.max())  # resistive
     low = basis.centres[np.argmin(x)]
@@ -120,5 +120,5 @@ def test_absolute_method_recovers_a_blob_despite_channel_offsets():
     # without the offsets the same data give a worse image: the method must use them
     ctx_raw = ReconstructionContext(model, Calibration(sigma0, model.tank.impedances.copy(), 0.0), reference,
                                     basis, ctx.jacobian, ctx.std)
-    x_raw = METHODS["absolute"](ctx_raw, change).image.ravel()[basis.active]
+    x_raw = KTC_METHODS["absolute"](ctx_raw, change).image.ravel()[basis.active]
     assert np.linalg.norm(x_raw - truth) > np.linalg.norm(x - truth)

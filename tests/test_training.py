@@ -8,7 +8,7 @@ import torch
 
 from eit_manifold.data import distance_to_manifold, make_dataset
 from eit_manifold.manifold import load_atlas
-from eit_manifold.manifold.training import TrainConfig, seed_neighbourhoods
+from eit_manifold.manifold.training import AtlasTrainConfig, seed_neighbourhoods
 from eit_manifold.pipelines.train import default_job, evaluate, run_train
 
 
@@ -121,15 +121,15 @@ def test_resume_rejects_other_config_and_corrupt_checkpoint(tmp_path) -> None:
 
 
 def test_train_config_phases() -> None:
-    cfg = TrainConfig(epochs=10, pretrain_epochs=2, lipschitz_epochs=3, overlap_epochs=2)
+    cfg = AtlasTrainConfig(epochs=10, pretrain_epochs=2, lipschitz_epochs=3, overlap_epochs=2)
     phases = [cfg.phase(e) for e in range(10)]
     assert phases == ["seed"] * 2 + ["mixture"] * 6 + ["overlap"] * 2
     assert [cfg.lipschitz_on(e) for e in range(10)] == [False] * 2 + [True] * 3 + [False] * 5
     assert not any(cfg.recalibrate(e) for e in range(10))
-    every2 = TrainConfig(epochs=10, pretrain_epochs=2, calibrate_every=2)
+    every2 = AtlasTrainConfig(epochs=10, pretrain_epochs=2, calibrate_every=2)
     assert [e for e in range(10) if every2.recalibrate(e)] == [4, 6, 8]
     with pytest.raises(ValueError, match="epochs"):
-        TrainConfig(epochs=0)
+        AtlasTrainConfig(epochs=0)
 
 
 def test_cli_train_and_plot(tmp_path) -> None:

@@ -232,12 +232,12 @@ class MethodResult:
 
 
 Method = Callable[[ReconstructionContext, np.ndarray], "MethodResult | np.ndarray"]
-METHODS: dict[str, Method] = {}
+KTC_METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, method: Method) -> None:
     """Make ``method`` available as ``--method name``."""
-    METHODS[name] = method
+    KTC_METHODS[name] = method
 
 
 # ---------------------------------------------------------------- contexts

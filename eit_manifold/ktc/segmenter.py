@@ -108,7 +108,7 @@ class SegmenterNet(nn.Module):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class SegmenterTrainConfig:
     """Training settings of :func:`train_segmenter`."""
 
     epochs: int = 30
@@ -215,7 +215,8 @@ def initialise_from(net: SegmenterNet, state: dict) -> None:
     net.load_state_dict(own)
 
 
-def check_checkpoint(path: str | os.PathLike, config: TrainConfig, n: int, provenance: dict | None = None) -> dict:
+def check_checkpoint(path: str | os.PathLike, config: SegmenterTrainConfig, n: int,
+                     provenance: dict | None = None) -> dict:
     """Read a segmenter training checkpoint and check that it belongs to this run (settings, number
     of training pairs and, when given, first the provenance: data, simulation, seeds); cheap, so it runs
     before any simulation. ``ValueError`` naming the first differences."""
@@ -236,7 +237,7 @@ def check_checkpoint(path: str | os.PathLike, config: TrainConfig, n: int, prove
 def train_segmenter(
     inputs: np.ndarray | BatchSource,
     labels: np.ndarray,
-    config: TrainConfig = TrainConfig(),
+    config: SegmenterTrainConfig = SegmenterTrainConfig(),
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
     init: dict | None = None,
@@ -253,7 +254,7 @@ def train_segmenter(
         ``(config.seed, epoch)``, so a resumed run draws the same).
     labels : array (n, size, size)
         Classes 0/1/2 on the network's grid.
-    config : TrainConfig
+    config : SegmenterTrainConfig
         Settings; ``config.seed`` fixes the initialisation and the batch order.
     checkpoint : path, optional
         Written after every epoch; if it exists (same settings), training resumes from it.

@@ -49,7 +49,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
-class TrainConfig:
+class AtlasTrainConfig:
     """Optimisation settings (the architecture lives in :class:`ChartConfig`).
 
     Attributes
@@ -246,7 +246,7 @@ def _epoch_loss(
     atlas: Atlas,
     batch: Tensor,
     assign: Tensor,
-    cfg: TrainConfig,
+    cfg: AtlasTrainConfig,
     epoch: int,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor | None]:
@@ -272,7 +272,7 @@ def _epoch_loss(
 
 
 def _checkpoint_state(
-    atlas: Atlas, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: TrainConfig, st: TrainState,
+    atlas: Atlas, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: AtlasTrainConfig, st: TrainState,
     provenance: dict | None = None,
 ) -> dict:
     return {
@@ -291,7 +291,7 @@ class TrainingDiverged(ValueError):
     """The loss became non-finite (a user error in practice: too large a learning rate)."""
 
 
-def check_resumable(path: Path, cfg: TrainConfig, provenance: dict | None) -> dict:
+def check_resumable(path: Path, cfg: AtlasTrainConfig, provenance: dict | None) -> dict:
     """Read checkpoint ``path`` and check that it belongs to this run: same training config and, when
     given, the same provenance (dataset, sizes, seeds, architecture, format). Cheap: run before the
     training data are built. ``ValueError`` naming the first differences."""
@@ -313,7 +313,7 @@ def check_resumable(path: Path, cfg: TrainConfig, provenance: dict | None) -> di
 
 
 def _restore(
-    path: Path, atlas: Atlas, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: TrainConfig,
+    path: Path, atlas: Atlas, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: AtlasTrainConfig,
     provenance: dict | None = None,
 ) -> TrainState:
     state = check_resumable(path, cfg, provenance)
@@ -336,7 +336,7 @@ def _restore(
 def train_atlas(
     atlas: Atlas,
     data: Tensor,
-    cfg: TrainConfig,
+    cfg: AtlasTrainConfig,
     out: str | os.PathLike | None = None,
     resume: bool = False,
     stop_after: int | None = None,
@@ -352,7 +352,7 @@ def train_atlas(
         Freshly built (or resumed) atlas; its normalisation must already be set.
     data : Tensor
         Training items ``(N, *data_shape)``, float32.
-    cfg : TrainConfig
+    cfg : AtlasTrainConfig
         Optimisation settings.
     out : path-like, optional
         Directory of ``checkpoint.pt`` (no checkpoints when ``None``).

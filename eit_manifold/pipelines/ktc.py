@@ -2,7 +2,7 @@
 level with every asked method, segment, score, and write the tables and figures.
 
 Orchestration only: the methods live in :mod:`eit_manifold.ktc.methods` (typed per-level
-:class:`~eit_manifold.ktc.methods.ReconstructionContext`, registry :data:`~eit_manifold.ktc.methods.METHODS`).
+:class:`~eit_manifold.ktc.methods.ReconstructionContext`, registry :data:`~eit_manifold.ktc.methods.KTC_METHODS`).
 The calibration is computed on the level-1 reference (all electrodes; cached,
 :mod:`eit_manifold.ktc.calibration_cache`) and linearised once; a level's context takes the rows
 of its kept data (:func:`~eit_manifold.ktc.methods.sub_context`), so ``--level all`` calibrates
@@ -29,7 +29,7 @@ from eit_manifold.ktc.calibration_cache import cached_calibration
 from eit_manifold.ktc.data import LEVELS, KTCMeasurement, check_level, read_ktc, read_truth, restrict_like
 from eit_manifold.ktc.methods import (
     BUNDLED_SEGMENTER,
-    METHODS,
+    KTC_METHODS,
     SEGMENTER_HINT,
     MethodOptions,
     ReconstructionContext,
@@ -71,9 +71,9 @@ class KTCConfig:
         self.levels = tuple(check_level(v) for v in self.levels)
         if not self.methods or not self.levels:
             raise ValueError("need at least one method and one level")
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in KTC_METHODS]
         if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}: choose one of {', '.join(sorted(METHODS))}")
+            raise ValueError(f"unknown method {unknown[0]!r}: choose one of {', '.join(sorted(KTC_METHODS))}")
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -90,10 +90,10 @@ def parse_levels(text: str) -> tuple[int, ...]:
 def parse_methods(text: str) -> tuple[str, ...]:
     """Comma-separated method names, checked against the registry."""
     names = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in KTC_METHODS]
     if unknown or not names:
         raise ValueError(f"--method: unknown method {(unknown or [text])[0]!r}; choose one of "
-                         f"{', '.join(sorted(METHODS))}")
+                         f"{', '.join(sorted(KTC_METHODS))}")
     return names
 
 
@@ -196,7 +196,7 @@ def run_ktc(config: KTCConfig) -> dict:
                 change = (data.data - ref.data).ravel()
                 for method in config.methods:
                     t1 = time.perf_counter()
-                    result = as_result(METHODS[method](ctx, change))
+                    result = as_result(KTC_METHODS[method](ctx, change))
                     image, seg = image_and_segmentation(result)
                     where = out if single else out / f"level{level}" / method
                     save_npy_atomic(where / f"{path.stem}.npy", seg)

@@ -45,7 +45,7 @@ from eit_manifold.ktc.methods import (
 from eit_manifold.ktc.score import class_scores
 from eit_manifold.ktc.segmentation import MIN_COMPONENT_PIXELS, segment
 from eit_manifold.ktc.segmenter import (
-    TrainConfig,
+    SegmenterTrainConfig,
     check_checkpoint,
     fit_presence_rule,
     predict,
@@ -98,9 +98,9 @@ class SegmenterRunConfig:
         check_int("--n-val", self.n_val, 1, 100_000)
         self.train_config()  # --epochs, --width, --lr, --seed
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self) -> SegmenterTrainConfig:
         """The network's training settings."""
-        return TrainConfig(epochs=self.epochs, width=self.width, seed=self.seed, lr=self.lr)
+        return SegmenterTrainConfig(epochs=self.epochs, width=self.width, seed=self.seed, lr=self.lr)
 
 
 def simulate_chunks(

@@ -55,7 +55,7 @@ from eit_manifold.validation import (
     collective_check,
 )
 
-METHODS = ("atlas", "atlas-mean", "gauss-newton", "tv", "constant")
+RECONSTRUCT_METHODS = ("atlas", "atlas-mean", "gauss-newton", "tv", "constant")
 #: Methods that search a learned atlas (they need ``--atlas`` and its image size).
 ATLAS_METHODS = ("atlas", "atlas-mean")
 #: Sampler settings of ``atlas-mean`` (chains per chart, burn-in, draws per chain): a mean needs far
@@ -95,7 +95,7 @@ class ReconstructConfig:
 
     def __post_init__(self) -> None:
         """Check every option (cheap; the files are read by :func:`check_inputs`)."""
-        check_choice("--method", self.method, METHODS)
+        check_choice("--method", self.method, RECONSTRUCT_METHODS)
         check_choice("--select", self.select, SELECTIONS)
         if self.iterations is None:
             self.iterations = {"atlas": 60, "atlas-mean": 20}.get(self.method, 10)

@@ -33,7 +33,7 @@ from eit_manifold.manifold.chart import ChartConfig
 from eit_manifold.manifold.checkpoint import load_atlas, save_atlas
 from eit_manifold.manifold.training import (
     CHECKPOINT_FILE,
-    TrainConfig,
+    AtlasTrainConfig,
     check_resumable,
     relative_projection_error,
     train_atlas,
@@ -126,7 +126,7 @@ class TrainJob:
         Seed of the training set.
     chart : dict
         :class:`ChartConfig` overrides.
-    train : TrainConfig
+    train : AtlasTrainConfig
         Optimisation settings (its ``seed`` is the run's seed).
     """
 
@@ -137,7 +137,7 @@ class TrainJob:
     size: int = 64
     data_seed: int = 0
     chart: dict = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: AtlasTrainConfig = field(default_factory=AtlasTrainConfig)
 
     def __post_init__(self) -> None:
         """Check the sizes before anything is allocated (the dataset and the atlas are built later)."""
@@ -177,13 +177,13 @@ class TrainJob:
 def default_job(dataset: str, **overrides: object) -> TrainJob:
     """A :class:`TrainJob` with the dataset's defaults; ``overrides`` that are ``None`` are ignored.
 
-    Keys of ``overrides`` may be :class:`TrainJob` fields, :class:`TrainConfig` fields (``epochs``,
+    Keys of ``overrides`` may be :class:`TrainJob` fields, :class:`AtlasTrainConfig` fields (``epochs``,
     ``seed``, ...) or :class:`ChartConfig` fields (``sigma_hd``, ``hidden``, ...).
     """
     check_dataset(dataset)
     spec = DATASET_DEFAULTS[dataset]
     job_keys = {f.name for f in fields(TrainJob)} - {"chart", "train", "dataset"}
-    train_keys = {f.name for f in fields(TrainConfig)}
+    train_keys = {f.name for f in fields(AtlasTrainConfig)}
     chart_keys = {f.name for f in fields(ChartConfig)} - {"data_shape", "latent_dim"}
     job = {
         "charts": spec["charts"],
@@ -202,13 +202,13 @@ def default_job(dataset: str, **overrides: object) -> TrainJob:
             chart[key] = value
         else:
             raise ValueError(f"unknown training option {key!r}")
-    return TrainJob(dataset=dataset, chart=chart, train=TrainConfig(**train), **job)
+    return TrainJob(dataset=dataset, chart=chart, train=AtlasTrainConfig(**train), **job)
 
 
 def job_from_dict(d: dict) -> TrainJob:
     """Inverse of :meth:`TrainJob.to_dict`."""
     d = dict(d)
-    d["train"] = TrainConfig(**d["train"])
+    d["train"] = AtlasTrainConfig(**d["train"])
     return TrainJob(**d)
 
 
