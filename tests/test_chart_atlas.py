@@ -170,6 +170,8 @@ def test_image_shape_is_checked_before_the_weights_are_read(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"'bars' makes images of shape \(64, 64\), \(32, 32\) are needed: "
                                          r"pass --image-size 64"):
         load_atlas("bars", (32, 32), ": pass --image-size {size}")
+    with pytest.raises(ValueError, match=r"needed \(those of 'a\{b\}'\)"):  # other braces stay as they are
+        load_atlas("bars", (32, 32), " (those of 'a{b}')")
 
 
 @pytest.mark.parametrize("name", ["bars", "bars-k1", "balls", "balls-k1", "balls-signed", "balls-signed-k1"])

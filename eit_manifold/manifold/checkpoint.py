@@ -171,7 +171,8 @@ def load_atlas(name_or_dir: str | os.PathLike, image_shape: tuple[int, ...] | No
                                     tuple(atlas.image_shape) != tuple(image_shape)):
         raise ValueError(f"atlas {str(name_or_dir)!r} makes images of shape {atlas.image_shape}, "
                          f"{tuple(image_shape)} are needed"
-                         + hint.format(size=atlas.image_shape and atlas.image_shape[0]))
+                         # replace, not str.format: a hint may quote a path with braces in it
+                         + hint.replace("{size}", str(atlas.image_shape and atlas.image_shape[0])))
     if not weights_path.is_file():
         raise FileNotFoundError(f"file not found: {weights_path}")
     digest = config.get("sha256")
