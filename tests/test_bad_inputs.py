@@ -173,6 +173,9 @@ def _cases():
         "--out", str(t / "rec"), "--method", "tv"], "'radius' must be a positive number")
     yield ("reconstruct-out-is-file", lambda t, ms: ["reconstruct", "--data", str(ms), "--out",
                                                      str(_npy(t, "f.npy", 1))], "not a directory")
+    if Path("/proc/self").is_dir():  # permission bits say writable to root here, yet no file can be made
+        yield ("reconstruct-out-in-proc", lambda t, ms: ["reconstruct", "--data", str(ms), "--out",
+                                                         "/proc/eitm-out"], "not writable")
     yield ("reconstruct-sigma-order", lambda t, ms: ["reconstruct", "--data", str(ms), "--sigma-min", "2",
                                                      "--sigma-max", "0.5", "--out", str(t / "r")], "smaller than")
     yield ("reconstruct-starts-0", lambda t, ms: ["reconstruct", "--data", str(ms), "--starts", "0"], "--starts")
