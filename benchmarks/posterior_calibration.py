@@ -1,4 +1,4 @@
-"""Calibration of the atlas posterior on the deblurring problem (bars atlas, noise 0.1).
+"""Calibration of the atlas posterior: deblurring (bars atlas, noise 0.1) or EIT (balls atlas, 1 %).
 
 * ``--kind sbc``: simulation-based calibration (Talts et al. 2018). Case ``i`` draws a chart
   ``k ~ alpha``, a latent ``w ~ p_k`` and the image ``x = G_k(w)`` from the atlas (seed ``i``),
@@ -10,11 +10,17 @@
   posterior p(w | d, k)), and the posterior probability of the true chart.
 * ``--kind heldout``: the same on held-out bar images of the family (not on the atlas: model
   error), beside the Gaussian posterior of Tikhonov deblurring (the linear baseline).
+* ``--operator eit`` (``--kind sbc`` only): the atlas image is mapped to a conductivity (the
+  posterior's clipped map, sigma in [0.2, 1.8]) and simulated on the reconstruction (coarse) mesh
+  with the posterior's relative noise model (in the model on purpose: the same mesh, the same
+  operator); the posterior is the ``posterior`` job's (:func:`eit_posterior_problem`, with its
+  Gauss-Newton warm start). Pixel statistics are taken inside the tank, in atlas image values.
 
 Each case is written to ``OUT/cases/<kind>_<i>.json``; existing cases are skipped (resumable).
 ``--summary`` aggregates them into ``OUT/<kind>_summary.json`` and ``OUT/<kind>_ranks.png``.
 
     nice -n 10 python benchmarks/posterior_calibration.py --kind sbc --cases 50 --out results/posterior_cal
+    python benchmarks/posterior_calibration.py --operator eit --kind sbc --cases 50 --out results/posterior_eit
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 
 from eit_manifold.baselines.laplace import tikhonov_posterior
-from eit_manifold.data.images import BAR_BACKGROUND, heldout_image
+from eit_manifold.data.images import BALL_BACKGROUND, BAR_BACKGROUND, heldout_image
 from eit_manifold.io import write_json
 from eit_manifold.manifold import load_atlas
 from eit_manifold.metrics import interval_coverage
@@ -44,7 +50,41 @@ def pit(draws: np.ndarray, weights: np.ndarray, truth: np.ndarray) -> np.ndarray
     return np.tensordot(weights, below.astype(float), axes=1)
 
 
-def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op: GaussianBlur) -> dict:
+class EITCase:
+    """The EIT side of a case: one coarse-mesh operator, data simulated in the model per case."""
+
+    def __init__(self, atlas, noise: float, sigma_min: float = 0.2, sigma_max: float = 1.8) -> None:
+        from mpi4py import MPI
+
+        from eit_manifold.pipelines.reconstruct import reconstruction_operator
+        from eit_manifold.pipelines.simulate import SimulateConfig, simulate_data, simulation_model
+
+        sim = SimulateConfig(mesh="coarse", noise=noise)
+        # a template file (patterns, electrodes, radius) whose measurements each case replaces
+        self.template = simulate_data(sim, simulation_model(sim, MPI.COMM_SELF), np.random.default_rng(0))
+        self.operator = reconstruction_operator(self.template, atlas.image_shape, "coarse", comm=MPI.COMM_SELF)
+        self.noise, self.lo, self.hi = noise, sigma_min, sigma_max
+
+    def problem(self, atlas, x_true: torch.Tensor, i: int):
+        """The posterior problem of the atlas image ``x_true`` (noise stream ``[1, i]``)."""
+        from dataclasses import replace
+
+        from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
+        from eit_manifold.operators.noise import RelativeNoise
+        from eit_manifold.pipelines.posterior import eit_posterior_problem
+        from eit_manifold.pipelines.reconstruct import make_problem
+
+        model = self.operator.model
+        sigma = image_to_conductivity(x_true.numpy(), self.lo, self.hi, clip=True)
+        solved = model.solve(model.pixel_map(atlas.image_shape) @ sigma.ravel())
+        noisy = RelativeNoise(self.noise).sample(solved.measurements, np.random.default_rng([1, i]))
+        data = replace(self.template, measurements=noisy, electrode_potentials=solved.electrode_potentials,
+                       extras={})
+        return eit_posterior_problem(make_problem(data, self.operator), atlas, self.lo, self.hi,
+                                     source=f"sbc case {i}")
+
+
+def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op) -> dict:
     gen = torch.Generator().manual_seed(10_000 + i)
     t0, c0 = time.perf_counter(), time.process_time()
     rec: dict = {"kind": kind, "case": i}
@@ -58,16 +98,23 @@ def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op: GaussianBlu
         img, params = heldout_image("bars", i, atlas.image_shape[0])
         x_true = torch.as_tensor(img, dtype=torch.float64)
         rec.update(angle=params["angle"])
-    y = op.measure(x_true[None], gen)[0]
-    fast = SeparableBlur(op, tuple(y.shape))  # the same operator, 100x faster
-    sampler = AtlasPosterior(atlas, gaussian_residual(fast, y, args.noise), chains=args.chains, draws=args.draws,
+    if isinstance(op, EITCase):
+        prob = op.problem(atlas, x_true, i)
+        residual, warm, inside, background = prob.residual, prob.warm, prob.mask, BALL_BACKGROUND
+    else:
+        y = op.measure(x_true[None], gen)[0]
+        fast = SeparableBlur(op, tuple(y.shape))  # the same operator, 100x faster
+        residual, warm, background = gaussian_residual(fast, y, args.noise), None, BAR_BACKGROUND
+        inside = np.ones(atlas.image_shape, dtype=bool)
+    sampler = AtlasPosterior(atlas, residual, chains=args.chains, draws=args.draws,
                              burn_in=args.burn_in, importance_samples=args.importance, starts=args.starts,
                              descent_iter=args.descent_iter)
-    res = sampler.run(seed=i)
+    res = sampler.run(seed=i, warm=warm)
     images, charts, weights = res.decode(atlas)
+    images = images[:, inside]  # the pixels the data can see (all of them for deblurring)
     stats = weighted_summary(images, weights)
-    xt = x_true.numpy()
-    signal = np.abs(xt - BAR_BACKGROUND) > 0.05
+    xt = x_true.numpy()[inside]
+    signal = np.abs(xt - background) > 0.05
     p = pit(images, weights, xt)
     top = np.argsort(stats["std"].ravel())[-16:]
     rec.update(
@@ -164,10 +211,11 @@ def summarise(kind: str, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kind", choices=("sbc", "heldout"), required=True)
+    ap.add_argument("--operator", choices=("blur", "eit"), default="blur")
     ap.add_argument("--cases", type=int, default=50)
     ap.add_argument("--first", type=int, default=0)
-    ap.add_argument("--atlas", default="bars")
-    ap.add_argument("--noise", type=float, default=0.1)
+    ap.add_argument("--atlas", default=None, help="default: bars (blur), balls (eit)")
+    ap.add_argument("--noise", type=float, default=None, help="default: 0.1 (blur), 0.01 relative (eit)")
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--burn-in", type=int, default=60)
@@ -179,9 +227,15 @@ def main() -> None:
     ap.add_argument("--reverse", action="store_true", help="run the cases last to first (a second worker)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    eit = args.operator == "eit"
+    if eit and args.kind != "sbc":
+        raise SystemExit("--operator eit: only --kind sbc (held-out EIT phantoms: benchmarks/posterior_eit_laplace.py)")
+    args.atlas = args.atlas or ("balls" if eit else "bars")
+    args.noise = args.noise if args.noise is not None else (0.01 if eit else 0.1)
     if not args.summary:
         atlas = load_atlas(args.atlas)
-        op = GaussianBlur.paper(atlas.image_shape[0], background=BAR_BACKGROUND, noise_std=args.noise)
+        op = (EITCase(atlas, args.noise) if eit
+              else GaussianBlur.paper(atlas.image_shape[0], background=BAR_BACKGROUND, noise_std=args.noise))
         (args.out / "cases").mkdir(parents=True, exist_ok=True)
         from tqdm import tqdm
 

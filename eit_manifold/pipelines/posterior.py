@@ -187,27 +187,49 @@ def blur_problem(config: PosteriorConfig) -> PosteriorProblem:
 def eit_problem(config: PosteriorConfig, comm) -> PosteriorProblem:
     """The EIT posterior of a measurement file on the reconstruction mesh (on ``comm``)."""
     from eit_manifold.manifold import load_atlas
-    from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
-    from eit_manifold.pipelines.reconstruct import load_problem, whitened_residual
+    from eit_manifold.pipelines.reconstruct import load_problem
 
     shape = (config.image_size, config.image_size)
     atlas = load_atlas(config.atlas, shape)  # before the mesh and the factorisation are built
     problem = load_problem(config.data, shape, config.mesh, config.mesh_size, comm)
-    eta = problem.data.noise_level if config.noise_level is None else config.noise_level
-    lo, hi = config.sigma_min, config.sigma_max
+    return eit_posterior_problem(problem, atlas, config.sigma_min, config.sigma_max, config.noise_level,
+                                 config.warm_start, str(config.data))
+
+
+def eit_posterior_problem(problem, atlas, sigma_min: float, sigma_max: float, noise_level: float | None = None,
+                          warm_start: bool = True, source: str = "") -> PosteriorProblem:
+    """The posterior of an :class:`~eit_manifold.pipelines.reconstruct.EITProblem` on ``atlas``.
+
+    Parameters
+    ----------
+    problem : EITProblem
+        Data and operator (from a file, or simulated in memory as the calibration study does).
+    atlas : Atlas
+        The prior; images map to conductivities in ``[sigma_min, sigma_max]`` (clipped).
+    noise_level : float, optional
+        The relative noise level of the likelihood; default: the data's.
+    warm_start : bool
+        Add the projected Gauss-Newton image as one more candidate start per chart.
+    source : str
+        Where the data came from (recorded in the diagnostics).
+    """
+    from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
+    from eit_manifold.pipelines.reconstruct import whitened_residual
+
+    eta = problem.data.noise_level if noise_level is None else noise_level
+    lo, hi = sigma_min, sigma_max
     residual = whitened_residual(problem, lo, hi, eta)
     if residual is None:
-        raise ValueError(f"{config.data}: noise_level is {eta}; pass --noise-level (the posterior needs a noise model)")
+        raise ValueError(f"{source}: noise_level is {eta}; pass --noise-level (the posterior needs a noise model)")
     warm = None
-    if config.warm_start:
+    if warm_start:
         from eit_manifold.baselines.eit_absolute import gauss_newton_warm_start
 
         warm = torch.as_tensor(gauss_newton_warm_start(problem, lo, hi), dtype=torch.float32)
-    truth = problem.truth
     return PosteriorProblem(atlas, residual,
-                            lambda x: image_to_conductivity(x, lo, hi, clip=True), truth, problem.inside, warm,
+                            lambda x: image_to_conductivity(x, lo, hi, clip=True), problem.truth, problem.inside, warm,
                             float(problem.data.radius), "conductivity",
-                            {"operator": "eit", "source": str(config.data), "noise_level": eta,
+                            {"operator": "eit", "source": source, "noise_level": eta,
                              "mesh_cells": problem.operator.n_cells, "eit_problem": problem})
 
 
