@@ -139,17 +139,15 @@ def _writable_parent(path: Path, what: str) -> None:
             break
     if not parent.is_dir():
         raise OutputError(f"{what} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {path}: directory {parent} is not writable")
     _probe_writable(parent, f"{what} {path}: directory {parent}")
 
 
 def _probe_writable(directory: Path, what: str) -> None:
-    """Create and remove an empty file in ``directory``: a check that also holds for root.
+    """Create and remove an empty file in ``directory``: the writability check, for every user.
 
-    ``os.access`` answers from the permission bits, and for root it says yes to directories where
-    no file can be made (``/proc``, ``/sys``); without the probe, such an ``--out`` failed only at
-    the final write, after the whole reconstruction.
+    Not ``os.access``: it answers from the permission bits, and for root it says yes to directories
+    where no file can be made (``/proc``, ``/sys``), so such an ``--out`` failed only at the final
+    write, after the whole reconstruction.
     """
     try:
         fd, name = tempfile.mkstemp(prefix=".eitm-probe-", dir=directory)
@@ -201,8 +199,6 @@ def check_output_dir(path: str | os.PathLike, what: str = "output directory") ->
     if path.exists():
         if not path.is_dir():
             raise OutputError(f"{what} {path} exists and is {_kind(path.stat().st_mode)}, not a directory")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise OutputError(f"{what} {path} is not writable")
         _probe_writable(path, f"{what} {path}")
     elif path.is_symlink():
         raise OutputError(f"{what} {path} is a dangling symbolic link")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,9 @@ def main() -> None:
     print(out_of_family_table(items, order))
     if args.out:
         base = json.loads(args.runs[0].read_text())["config"]
-        config = ReportConfig(**{**base, "methods": {k: tuple(v) for k, v in methods.items()},
+        known = {f.name for f in fields(ReportConfig)}  # a merged file's config also has merged_from
+        config = ReportConfig(**{**{k: v for k, v in base.items() if k in known},
+                                 "methods": {k: tuple(v) for k, v in methods.items()},
                                  "noise": tuple(base["noise"]), "out_of_family": tuple(base["out_of_family"])})
         write_json(args.out, {"config": {**base, "methods": methods, "merged_from": [str(p) for p in args.runs]},
                               "summary": aggregate(items, config), "items": items})

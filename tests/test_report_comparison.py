@@ -53,4 +53,12 @@ def test_a_later_run_replaces_the_items_of_its_methods_only(rc, tmp_path):
         sys.argv = argv
     merged = json.loads(out.read_text())
     assert len(merged["items"]) == 4
+    # a merged file can itself be merged again (its config records merged_from)
+    again = tmp_path / "again.json"
+    argv, sys.argv = sys.argv, ["report_comparison.py", str(out), "--out", str(again)]
+    try:
+        rc.main()
+    finally:
+        sys.argv = argv
+    assert json.loads(again.read_text())["items"] == merged["items"]
     assert merged["summary"]["balls (held-out)"]["0.01"]["atlas K=2"]["relative_l2"]["mean"] == pytest.approx(0.2)
