@@ -10,17 +10,24 @@
   posterior p(w | d, k)), and the posterior probability of the true chart.
 * ``--kind heldout``: the same on held-out bar images of the family (not on the atlas: model
   error), beside the Gaussian posterior of Tikhonov deblurring (the linear baseline).
-* ``--operator eit`` (``--kind sbc`` only): the atlas image is mapped to a conductivity (the
-  posterior's clipped map, sigma in [0.2, 1.8]) and simulated on the reconstruction (coarse) mesh
-  with the posterior's relative noise model (in the model on purpose: the same mesh, the same
-  operator); the posterior is the ``posterior`` job's (:func:`eit_posterior_problem`, with its
-  Gauss-Newton warm start). Pixel statistics are taken inside the tank, in atlas image values.
+* ``--operator eit --kind sbc``: the atlas image is mapped to a conductivity (the posterior's
+  clipped map, sigma in [0.2, 1.8]) and simulated on the reconstruction (coarse) mesh with the
+  posterior's relative noise model (in the model on purpose: the same mesh, the same operator);
+  the posterior is the ``posterior`` job's (:func:`eit_posterior_problem`, with its Gauss-Newton
+  warm start). Pixel statistics are taken inside the tank, in atlas image values.
+* ``--operator eit --kind heldout``: held-out phantoms of the paper's balls family (index ``i``,
+  use ``--first 300`` to stay clear of the report's test and validation phantoms), simulated as
+  ``report`` simulates them (fine ``default`` mesh, relative noise; model error: the manifold's
+  gap and the mesh), sampled with the same posterior on the coarse mesh, beside the Gauss-Newton
+  Laplace posterior of the same data. Statistics in conductivity inside the tank ("signal":
+  pixels more than 0.05 S/m from the background conductivity).
 
 Each case is written to ``OUT/cases/<kind>_<i>.json``; existing cases are skipped (resumable).
 ``--summary`` aggregates them into ``OUT/<kind>_summary.json`` and ``OUT/<kind>_ranks.png``.
 
     nice -n 10 python benchmarks/posterior_calibration.py --kind sbc --cases 50 --out results/posterior_cal
     python benchmarks/posterior_calibration.py --operator eit --kind sbc --cases 50 --out results/posterior_eit
+    python benchmarks/posterior_calibration.py --operator eit --kind heldout --first 300 --cases 20 --out results/eit_ho
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eit_manifold.baselines.laplace import tikhonov_posterior
+from eit_manifold.baselines.laplace import gauss_newton_laplace, tikhonov_posterior
 from eit_manifold.data.images import BALL_BACKGROUND, BAR_BACKGROUND, heldout_image
 from eit_manifold.io import write_json
 from eit_manifold.manifold import load_atlas
@@ -42,6 +49,7 @@ from eit_manifold.operators.blur import GaussianBlur, SeparableBlur
 from eit_manifold.optim.posterior import AtlasPosterior, gaussian_residual, weighted_summary
 
 BINS = 10
+SEED_STRIDE = 1_000_000  # case seeds of different --seed values never meet
 
 
 def pit(draws: np.ndarray, weights: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -53,7 +61,8 @@ def pit(draws: np.ndarray, weights: np.ndarray, truth: np.ndarray) -> np.ndarray
 class EITCase:
     """The EIT side of a case: one coarse-mesh operator, data simulated in the model per case."""
 
-    def __init__(self, atlas, noise: float, sigma_min: float = 0.2, sigma_max: float = 1.8) -> None:
+    def __init__(self, atlas, noise: float, sigma_min: float = 0.2, sigma_max: float = 1.8,
+                 heldout: bool = False) -> None:
         from mpi4py import MPI
 
         from eit_manifold.pipelines.reconstruct import reconstruction_operator
@@ -64,9 +73,28 @@ class EITCase:
         self.template = simulate_data(sim, simulation_model(sim, MPI.COMM_SELF), np.random.default_rng(0))
         self.operator = reconstruction_operator(self.template, atlas.image_shape, "coarse", comm=MPI.COMM_SELF)
         self.noise, self.lo, self.hi = noise, sigma_min, sigma_max
+        self.fine = None
+        if heldout:  # the report's simulation: the fine mesh, another discretisation than the posterior's
+            fine = SimulateConfig(mesh="default", noise=noise, image_size=atlas.image_shape[0],
+                                  sigma_min=sigma_min, sigma_max=sigma_max)
+            self.fine = (fine, simulation_model(fine, MPI.COMM_SELF))
+
+    def heldout_problem(self, atlas, i: int, seed: int):
+        """The posterior problem of held-out balls phantom ``i``, simulated as ``report`` simulates it."""
+        from dataclasses import replace
+
+        from eit_manifold.pipelines.posterior import eit_posterior_problem
+        from eit_manifold.pipelines.reconstruct import make_problem
+        from eit_manifold.pipelines.simulate import simulate_data
+
+        cfg, model = self.fine
+        rng = np.random.default_rng([seed, i, round(self.noise * 1e6)])
+        data = simulate_data(replace(cfg, phantom="balls", seed=i), model, rng)
+        return eit_posterior_problem(make_problem(data, self.operator), atlas, self.lo, self.hi,
+                                     source=f"held-out balls {i}")
 
     def problem(self, atlas, x_true: torch.Tensor, i: int):
-        """The posterior problem of the atlas image ``x_true`` (noise stream ``[1, i]``)."""
+        """The posterior problem of the atlas image ``x_true`` (noise stream ``[1, i]``, ``i`` the case seed)."""
         from dataclasses import replace
 
         from eit_manifold.operators.eit.conductivity_map import image_to_conductivity
@@ -84,36 +112,53 @@ class EITCase:
                                      source=f"sbc case {i}")
 
 
+def case_seed(i: int, seed: int) -> int:
+    """The seed of case ``i`` under ``--seed seed`` (``i`` itself at seed 0, as the recorded studies)."""
+    return i + SEED_STRIDE * seed
+
+
 def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op) -> dict:
-    gen = torch.Generator().manual_seed(10_000 + i)
+    s = case_seed(i, args.seed)
+    gen = torch.Generator().manual_seed(10_000 + s)
     t0, c0 = time.perf_counter(), time.process_time()
-    rec: dict = {"kind": kind, "case": i}
+    rec: dict = {"kind": kind, "case": i, "seed": args.seed}
+    transform, baseline = None, None
     if kind == "sbc":
         k = int(torch.multinomial(atlas.weights, 1, generator=gen))
         w_true = atlas.sample_latent(k, 1, generator=gen).to(torch.float64)
         with torch.no_grad():
-            x_true = atlas.charts[k].decode(w_true)[0].to(torch.float64)
+            x_true = atlas.charts[k].decode(w_true)[0].to(torch.float64).numpy()
         rec.update(true_chart=k, true_latent=w_true[0].tolist())
-    else:
+    elif not isinstance(op, EITCase):
         img, params = heldout_image("bars", i, atlas.image_shape[0])
-        x_true = torch.as_tensor(img, dtype=torch.float64)
+        x_true = img.astype(np.float64)
         rec.update(angle=params["angle"])
-    if isinstance(op, EITCase):
-        prob = op.problem(atlas, x_true, i)
+    if isinstance(op, EITCase) and kind == "sbc":
+        prob = op.problem(atlas, torch.as_tensor(x_true), s)
         residual, warm, inside, background = prob.residual, prob.warm, prob.mask, BALL_BACKGROUND
+    elif isinstance(op, EITCase):
+        # held-out phantom: statistics in conductivity (the truth is a conductivity image, not an
+        # atlas image), the baseline is the Gauss-Newton Laplace posterior of the same data
+        prob = op.heldout_problem(atlas, i, args.seed)
+        residual, warm, transform, x_true = prob.residual, prob.warm, prob.transform, prob.truth
+        inside = prob.mask & np.isfinite(x_true)
+        background = float(transform(torch.tensor(BALL_BACKGROUND)))
+        baseline = gauss_newton_laplace(prob.info["eit_problem"], op.lo, op.hi)
     else:
-        y = op.measure(x_true[None], gen)[0]
+        y = op.measure(torch.as_tensor(x_true)[None], gen)[0]
         fast = SeparableBlur(op, tuple(y.shape))  # the same operator, 100x faster
         residual, warm, background = gaussian_residual(fast, y, args.noise), None, BAR_BACKGROUND
         inside = np.ones(atlas.image_shape, dtype=bool)
+        if kind == "heldout":
+            baseline = tikhonov_posterior(y, op, args.noise)
     sampler = AtlasPosterior(atlas, residual, chains=args.chains, draws=args.draws,
                              burn_in=args.burn_in, importance_samples=args.importance, starts=args.starts,
                              descent_iter=args.descent_iter)
-    res = sampler.run(seed=i, warm=warm)
-    images, charts, weights = res.decode(atlas)
+    res = sampler.run(seed=s, warm=warm)
+    images, charts, weights = res.decode(atlas, transform)
     images = images[:, inside]  # the pixels the data can see (all of them for deblurring)
     stats = weighted_summary(images, weights)
-    xt = x_true.numpy()[inside]
+    xt = x_true[inside]
     signal = np.abs(xt - background) > 0.05
     p = pit(images, weights, xt)
     top = np.argsort(stats["std"].ravel())[-16:]
@@ -141,13 +186,13 @@ def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op) -> dict:
                    latent_covered=((wt >= lo) & (wt <= hi)).tolist(),
                    true_chart_probability=float(res.probabilities[rec["true_chart"]]))
     else:
-        base = tikhonov_posterior(y, op, args.noise)
+        base = {key: np.asarray(baseline[key])[inside] for key in ("mean", "q05", "q95")}
         rec.update(baseline_coverage_pixels=interval_coverage(xt, base["q05"], base["q95"]),
                    baseline_coverage_signal=interval_coverage(xt[signal], base["q05"][signal],
                                                               base["q95"][signal]),
                    baseline_rel_error=float(np.linalg.norm(base["mean"] - xt) / np.linalg.norm(xt)),
-                   baseline_mean_band_width=float(np.mean(base["q95"] - base["q05"])),
-                   baseline_alpha=base["alpha"])
+                   baseline_mean_band_width=float(np.mean(base["q95"] - base["q05"])))
+        rec["baseline_weight"] = baseline["alpha"] if "alpha" in baseline else baseline["details"]["weight"]
     rec["seconds"] = time.perf_counter() - t0
     rec["cpu_seconds"] = time.process_time() - c0
     return rec
@@ -224,17 +269,16 @@ def main() -> None:
     ap.add_argument("--descent-iter", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("results/posterior_calibration"))
     ap.add_argument("--summary", action="store_true", help="only aggregate the cases written so far")
+    ap.add_argument("--seed", type=int, default=0, help="offsets every case's seed (0: the recorded studies)")
     ap.add_argument("--reverse", action="store_true", help="run the cases last to first (a second worker)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     eit = args.operator == "eit"
-    if eit and args.kind != "sbc":
-        raise SystemExit("--operator eit: only --kind sbc (held-out EIT phantoms: benchmarks/posterior_eit_laplace.py)")
     args.atlas = args.atlas or ("balls" if eit else "bars")
     args.noise = args.noise if args.noise is not None else (0.01 if eit else 0.1)
     if not args.summary:
         atlas = load_atlas(args.atlas)
-        op = (EITCase(atlas, args.noise) if eit
+        op = (EITCase(atlas, args.noise, heldout=args.kind == "heldout") if eit
               else GaussianBlur.paper(atlas.image_shape[0], background=BAR_BACKGROUND, noise_std=args.noise))
         (args.out / "cases").mkdir(parents=True, exist_ok=True)
         from tqdm import tqdm
@@ -243,6 +287,9 @@ def main() -> None:
         for i in tqdm(reversed(order) if args.reverse else order, desc=args.kind, total=args.cases):
             path = args.out / "cases" / f"{args.kind}_{i:03d}.json"
             if path.exists():
+                done = json.loads(path.read_text()).get("seed", 0)
+                if done != args.seed:
+                    raise SystemExit(f"{path}: key 'seed' is {done}, not --seed {args.seed}: use another --out")
                 continue
             write_json(path, run_case(args.kind, i, args, atlas, op))
     print(json.dumps({k: v for k, v in summarise(args.kind, args.out).items() if not isinstance(v, dict)}, indent=1))
