@@ -81,15 +81,12 @@ class EITCase:
 
     def heldout_problem(self, atlas, i: int, seed: int):
         """The posterior problem of held-out balls phantom ``i``, simulated as ``report`` simulates it."""
-        from dataclasses import replace
 
         from eit_manifold.pipelines.posterior import eit_posterior_problem
         from eit_manifold.pipelines.reconstruct import make_problem
-        from eit_manifold.pipelines.simulate import simulate_data
+        from eit_manifold.pipelines.report import simulate_phantom
 
-        cfg, model = self.fine
-        rng = np.random.default_rng([seed, i, round(self.noise * 1e6)])
-        data = simulate_data(replace(cfg, phantom="balls", seed=i), model, rng)
+        data = simulate_phantom(*self.fine, "balls", i, self.noise, seed)
         return eit_posterior_problem(make_problem(data, self.operator), atlas, self.lo, self.hi,
                                      source=f"held-out balls {i}")
 

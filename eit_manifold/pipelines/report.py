@@ -80,6 +80,17 @@ def _cases(config: ReportConfig) -> list[dict]:
     return [dict(c, noise=eta) for c in cases for eta in config.noise]
 
 
+def simulate_phantom(sim_cfg: SimulateConfig, sim_model, phantom: str, index: int, noise: float, seed: int):
+    """The data of one report case: phantom ``index`` of family ``phantom`` with relative ``noise``.
+
+    The noise stream is ``[seed, index, noise * 1e6]``, so a case's data do not depend on which
+    other cases (or methods) a run holds; benchmarks that study "the report's phantoms" call this.
+    """
+    cfg = replace(sim_cfg, phantom=phantom, seed=index, noise=noise)
+    rng = np.random.default_rng([seed, index, round(noise * 1e6)])
+    return simulate_data(cfg, sim_model, rng)
+
+
 def run_report(config: ReportConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     """Simulate, reconstruct with every method, aggregate; rank 0 writes the report files (all
     together, when everything succeeded)."""
@@ -90,9 +101,7 @@ def run_report(config: ReportConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
     cases = _cases(config)
 
     def simulate_case(c: dict):
-        cfg = replace(sim_cfg, phantom=c["phantom"], seed=c["index"], noise=c["noise"])
-        rng = np.random.default_rng([config.seed, c["index"], round(c["noise"] * 1e6)])
-        return simulate_data(cfg, sim_model, rng)
+        return simulate_phantom(sim_cfg, sim_model, c["phantom"], c["index"], c["noise"], config.seed)
 
     # each process simulates its share of the phantoms (seeded per case), then all have them all
     datasets = spmd_map(simulate_case, cases, comm)
