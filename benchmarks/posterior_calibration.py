@@ -150,7 +150,7 @@ def run_case(kind: str, i: int, args: argparse.Namespace, atlas, op) -> dict:
             baseline = tikhonov_posterior(y, op, args.noise)
     sampler = AtlasPosterior(atlas, residual, chains=args.chains, draws=args.draws,
                              burn_in=args.burn_in, importance_samples=args.importance, starts=args.starts,
-                             descent_iter=args.descent_iter)
+                             descent_iter=args.descent_iter, init=args.init, particles=args.particles)
     res = sampler.run(seed=s, warm=warm)
     images, charts, weights = res.decode(atlas, transform)
     images = images[:, inside]  # the pixels the data can see (all of them for deblurring)
@@ -264,6 +264,9 @@ def main() -> None:
     ap.add_argument("--importance", type=int, default=64)
     ap.add_argument("--starts", type=int, default=4)
     ap.add_argument("--descent-iter", type=int, default=10)
+    ap.add_argument("--init", choices=("descent", "smc"), default="descent",
+                    help="chain starts and proposal: descent + MALA burn-in, or tempered SMC")
+    ap.add_argument("--particles", type=int, default=64, help="SMC particles (--init smc)")
     ap.add_argument("--out", type=Path, default=Path("results/posterior_calibration"))
     ap.add_argument("--summary", action="store_true", help="only aggregate the cases written so far")
     ap.add_argument("--seed", type=int, default=0, help="offsets every case's seed (0: the recorded studies)")

@@ -117,9 +117,11 @@ def test_cli_runs_one_blas_thread_per_process_only_under_mpirun():
     assert chosen.stdout.split() == ["2,1"] * 2
 
 
-def test_mpirun_posterior_spreads_chains_and_matches_serial(tmp_path):
+@pytest.mark.parametrize("init", [["--burn-in", "6", "--descent-iter", "2"], ["--init", "smc", "--particles", "32"]],
+                         ids=["descent", "smc"])
+def test_mpirun_posterior_spreads_chains_and_matches_serial(tmp_path, init):
     cli = ["-c", "from eit_manifold.cli import main; main()", "posterior", "--operator", "blur", "--heldout", "1",
-           "--samples", "12", "--burn-in", "6", "--chains", "2", "--descent-iter", "2", "--importance-samples", "16",
+           "--samples", "12", *init, "--chains", "2", "--importance-samples", "16",
            # a fixed thinning: the automatic one rounds an autocorrelation time estimated from 12 draws,
            # which round-off between the two runs can move across an integer
            "--thin", "2"]

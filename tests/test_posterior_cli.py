@@ -111,3 +111,31 @@ def test_gauss_newton_laplace_is_most_certain_near_the_electrodes(tmp_path):
     yy, xx = np.mgrid[0:64, 0:64]
     r = np.hypot((xx + 0.5) / 32 - 1, (yy + 0.5) / 32 - 1)
     assert np.nanmean(std[r > 0.85]) < np.nanmean(std[r < 0.3])  # EIT sensitivity decays inwards
+
+
+def test_eit_posterior_with_smc_init_on_a_small_mesh(tmp_path):
+    sim = tmp_path / "d.npz"
+    subprocess.run([*CLI, "simulate", "--phantom", "balls", "--seed", "1", "--mesh-size", "0.2", "--out", str(sim)],
+                   check=True, capture_output=True)
+    out = tmp_path / "post"
+    proc = subprocess.run([*CLI, "posterior", "--data", str(sim), "--mesh-size", "0.25", "--init", "smc",
+                           "--particles", "8", "--samples", "8", "--chains", "2", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    diag = json.loads((out / "diagnostics.json").read_text())
+    for c in diag["charts"]:
+        smc = c["smc"]
+        assert smc["particles"] == 8 and smc["temperatures"][-1] == 1.0 and len(smc["rounds"]) >= 1
+        assert np.isfinite(smc["log_evidence"]) and c["draws_per_chain"] == 8
+    assert np.isfinite(np.load(out / "mean.npy")).any()
+
+
+@pytest.mark.parametrize(("extra", "needle"), [(["--init", "tempering"], "'tempering'"),
+                                               (["--init", "smc", "--local-steps", "1"], "--local-steps"),
+                                               (["--particles", "4"], "--particles")])
+def test_bad_init_options_are_one_line_errors(tmp_path, extra, needle):
+    out = tmp_path / "never"
+    proc = subprocess.run([*CLI, "posterior", "--operator", "blur", "--heldout", "0", *extra, "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()

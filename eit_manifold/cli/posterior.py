@@ -34,6 +34,9 @@ def posterior_command(
                                              "per draw; their proposals give the chart probabilities. 0: off."),
     local_steps: int = typer.Option(0, help="MALA steps per draw after burn-in (0: only the independence steps "
                                             "move the chains after burn-in)."),
+    init: str = typer.Option("descent", help="Chain starts and proposal: descent (descent starts, MALA burn-in) "
+                                             "or smc (tempered SMC from the chart prior, no burn-in)."),
+    particles: int = typer.Option(64, help="SMC particles per chart (--init smc)."),
     importance_samples: int = typer.Option(256, help="Importance samples per chart (chart probabilities) with "
                                                      "--independence 0."),
     save_samples: int = typer.Option(200, help="Images of this many posterior draws in samples.npz."),
@@ -48,7 +51,8 @@ def posterior_command(
         chains=chains, burn_in=burn_in, thin=thin, noise_level=noise_level, heldout=heldout, mesh=mesh,
         mesh_size=mesh_size, sigma_min=sigma_min, sigma_max=sigma_max, image_size=image_size,
         warm_start=warm_start, starts=starts, descent_iter=descent_iter, importance_samples=importance_samples,
-        independence=independence, local_steps=local_steps, save_samples=save_samples, seed=seed, progress=is_root(),
+        independence=independence, local_steps=local_steps, init=init, particles=particles,
+        save_samples=save_samples, seed=seed, progress=is_root(),
     )
     diag = run_posterior(config)
     for c in diag["charts"]:

@@ -19,6 +19,9 @@ Per chart (``U(w) = 0.5 ||r(G(w))||^2 + energy_k(w)``):
   ``0.5 ||r||^2`` (no chart switches); chains start at the best end points, skipping local modes
   whose potential is more than ``mode_gap`` (20) above the best (they hold ~exp(-20) of the mass:
   on a sharp likelihood a chain started there never leaves and only spoils R-hat and ESS).
+* **Or a tempered SMC start** (``init="smc"``, :mod:`.smc`): particles carried from the chart
+  prior to its posterior give the chain starts and the independence proposal; no descent and no
+  MALA burn-in.
 * **Sampler**: MALA with a per-chain preconditioner ``Sigma = (J^T J + H_prior + P_0)^{-1}``, the
   Gauss-Newton (Laplace) covariance at the chain's position (``J = d r(G(w)) / dw`` by central
   differences, so any operator works; ``P_0`` = the inverse prior variance). Proposal
@@ -59,6 +62,7 @@ import torch
 from torch import Tensor
 
 from eit_manifold.optim.diagnostics import effective_sample_size, split_rhat
+from eit_manifold.optim.smc import SMCResult, tempered_smc
 
 ResidualFn = Callable[[Tensor], Tensor]
 RHAT_MAX = 1.05
@@ -183,6 +187,18 @@ class IndependenceProposal:
         t = self.means[j] + self.chols[j] @ z / torch.sqrt(chi / self.nu)
         return from_prior if bool(pick < self.lam) else t
 
+    def sample_batch(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` draws ``(n, d)`` at once (other random numbers than ``n`` calls of :meth:`sample`)."""
+        d = self.means.shape[1]
+        pick = torch.rand(n, generator=generator, dtype=torch.float64)
+        which = torch.rand(n, generator=generator, dtype=torch.float64)
+        z = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        chi = (torch.randn(n, self.nu, generator=generator, dtype=torch.float64) ** 2).sum(1)
+        from_prior = self.chart.sample_latent(n, generator).to(torch.float64)
+        j = torch.searchsorted(self._cdf, which).clamp(max=len(self._cdf) - 1)
+        t = self.means[j] + (self.chols[j] @ z[..., None])[..., 0] / torch.sqrt(chi / self.nu)[:, None]
+        return torch.where((pick < self.lam)[:, None], from_prior, t)
+
     def log_density(self, w: Tensor) -> Tensor:
         """``log q(w)`` of a batch ``(B, d)``, evaluated one item at a time (batch-invariant)."""
         w = w.detach().to(torch.float64)
@@ -262,12 +278,17 @@ class ChartPotential:
         batch-invariance holds. The values agree with :meth:`value`'s up to float32 round-off of the
         batched network kernels.
         """
+        energy, nll = self.parts_batch(w)
+        return nll + energy, nll
+
+    def parts_batch(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """``energy(w)`` and ``0.5 ||r||^2`` ``(B,)`` of a batch decoded as one batch (see :meth:`value_batch`)."""
         with torch.no_grad():
             r = self.residual(self.chart.decode(w))
             nll = 0.5 * (r.to(torch.float64) ** 2).sum(dim=1)
             energy = self.chart.prior.energy(w).to(torch.float64)
         self.evaluations += w.shape[0]
-        return nll + energy, nll
+        return energy, nll
 
     def value_and_grad(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``U(w)``, ``grad U(w)`` ``(B, d)`` and the negative log-likelihood part ``(B,)``, item by item."""
@@ -358,6 +379,9 @@ class ChainDraws:
         (an importance sample of the chart's evidence); ``(C, 0)`` without them.
     proposal_accept : np.ndarray
         ``(C, N)`` their acceptance probabilities; ``(C, 0)`` without them.
+    smc : dict
+        With ``init="smc"``: the tempering's temperatures, move rounds, acceptance and evidence
+        (the same on every process); empty otherwise.
     """
 
     chart: int
@@ -372,6 +396,7 @@ class ChainDraws:
     seconds: float
     proposal_log_w: np.ndarray
     proposal_accept: np.ndarray
+    smc: dict = field(default_factory=dict)
 
     @staticmethod
     def merge(parts: Sequence[ChainDraws]) -> ChainDraws:
@@ -385,7 +410,7 @@ class ChainDraws:
         return ChainDraws(parts[0].chart, sorted(int(i) for p in parts for i in p.chain_ids), cat("draws"),
                           cat("potential"), cat("nll"), cat("accept"), cat("step_size"), cat("starts"),
                           sum(p.evaluations for p in parts), max(p.seconds for p in parts),
-                          cat("proposal_log_w"), cat("proposal_accept"))
+                          cat("proposal_log_w"), cat("proposal_accept"), parts[0].smc)
 
 
 @dataclass
@@ -507,6 +532,7 @@ class PosteriorResult:
                 "independence_acceptance": (float(s.proposal_accept.mean()) if s.proposal_accept.size else None),
                 "evaluations": s.evaluations,
                 "seconds": s.seconds,
+                **({"smc": s.smc} if s.smc else {}),
             })
         return {"charts": charts, "chart_probabilities": self.probabilities.tolist(),
                 "seconds": self.seconds, "warnings": list(self.warnings),
@@ -599,13 +625,24 @@ class AtlasPosterior:
         Fits of the independence proposal, evenly spaced over the second half of burn-in, the last
         at its end (5 by default, stop 26: a chain that an independence step moved into a region
         ``q`` underweights stays there, so a refit soon after takes the region in; 3 before).
+    init : {"descent", "smc"}
+        How the chains start and where ``q`` comes from. ``"descent"``: candidate starts moved by
+        the Riemannian descent, then ``burn_in`` MALA steps that ``q`` is fitted to (above).
+        ``"smc"``: :func:`~eit_manifold.optim.smc.tempered_smc` with ``particles`` particles from
+        the chart prior to its posterior; ``q`` is fitted to the particles of its last move rounds,
+        the chains start at spread particles and run the independence steps at once (no burn-in,
+        no MALA; ``burn_in``, ``starts``, ``descent_iter`` and ``warm`` are unused). Needs
+        ``local_steps=0`` and ``independence >= 1``.
+    particles : int
+        Particles of the SMC (``init="smc"``).
     """
 
     def __init__(self, atlas, residual: ResidualFn, *, chains: int = 4, draws: int = 500, burn_in: int = 200,
                  thin: int | str = "auto", max_kept: int = 2000, descent_iter: int = 20, starts: int = 8,
                  mode_gap: float = 20.0, importance_samples: int = 256, leapfrog: int = 0,
                  target_accept: float | None = None, independence: int = 4, proposal_window: float = 0.5,
-                 local_steps: int = 0, proposal_block: int = 16, proposal_fits: int = 5) -> None:
+                 local_steps: int = 0, proposal_block: int = 16, proposal_fits: int = 5,
+                 init: str = "descent", particles: int = 64) -> None:
         for name, v, lo in (("chains", chains, 1), ("draws", draws, 8), ("burn_in", burn_in, 0),
                             ("importance_samples", importance_samples, 16), ("descent_iter", descent_iter, 0),
                             ("max_kept", max_kept, 1), ("starts", starts, 1)):
@@ -641,6 +678,13 @@ class AtlasPosterior:
         if not mode_gap > 0:
             raise ValueError(f"mode_gap must be positive, got {mode_gap!r}")
         self.starts, self.mode_gap = int(starts), float(mode_gap)
+        if init not in ("descent", "smc"):
+            raise ValueError(f"init must be 'descent' or 'smc', got {init!r}")
+        if init == "smc" and (self.local_steps or not self.independence):
+            raise ValueError("init='smc' needs local_steps=0 and independence >= 1 (no MALA adaptation runs)")
+        if int(particles) != particles or particles < 8:
+            raise ValueError(f"particles must be an integer >= 8, got {particles!r}")
+        self.init, self.particles = init, int(particles)
 
     # ------------------------------------------------------------------ starts
     def mode_starts(self, k: int, seed: int, warm: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -768,6 +812,35 @@ class AtlasPosterior:
         return (torch.where(acc[:, None], prop, w), torch.where(acc, u_p, u), torch.where(acc, nll_p, nll), acc,
                 alpha, log_w_p)
 
+    def _smc(self, k: int, pot: ChartPotential, seed: int, comm, block: int = 16) -> SMCResult:
+        """Tempered SMC of chart ``k``; particle blocks of ``block`` spread over ``comm``'s processes.
+
+        A block is decoded as one batch whichever process evaluates it, and every process draws the
+        same random numbers, so every process gets the serial run's particles.
+        """
+        chart = self.atlas.charts[k]
+        size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
+
+        def evaluate(w: Tensor) -> tuple[Tensor, Tensor]:
+            starts = list(range(0, len(w), block))
+            local = {b: pot.parts_batch(w[s0:s0 + block]) for b, s0 in enumerate(starts) if b % size == rank}
+            if comm is not None:
+                merged: dict = {}
+                for part in comm.allgather({b: (e.numpy(), v.numpy()) for b, (e, v) in local.items()}):
+                    merged.update(part)
+                local = {b: (torch.as_tensor(e), torch.as_tensor(v)) for b, (e, v) in merged.items()}
+            energy = torch.cat([local[b][0] for b in range(len(starts))])
+            nll = torch.cat([local[b][1] for b in range(len(starts))])
+            bad = ~torch.isfinite(energy) | ~torch.isfinite(nll)
+            inf = torch.full_like(nll, math.inf)
+            return torch.where(bad, inf, energy), torch.where(bad, inf, nll)
+
+        def fit(points: Tensor) -> IndependenceProposal:
+            return IndependenceProposal.fit(chart, points[:, None])
+
+        return tempered_smc(evaluate, lambda n, gen: chart.sample_latent(n, gen), fit, self.particles,
+                            _chain_generator(seed, k, 7))
+
     def sample_chart(self, k: int, seed: int = 0, chain_ids: Sequence[int] | None = None,
                      warm: Tensor | None = None,
                      progress: Callable[[int, int, dict], None] | None = None, comm=None) -> ChainDraws:
@@ -791,10 +864,24 @@ class AtlasPosterior:
         gens = [_chain_generator(seed, k, i, 1) for i in chain_ids]
         prior_var = chart.sample_latent(4096, _chain_generator(seed, k, 2**20)).to(torch.float64).var(0).mean()
         prior_precision = float(1.0 / prior_var)
-        w = self._starts(k, chain_ids, seed, warm)
+        burn_in = 0 if self.init == "smc" else self.burn_in
+        smc_info: dict = {}
+        proposal: IndependenceProposal | None = None
+        if self.init == "smc":
+            smc = self._smc(k, pot, seed, comm)
+            n = len(smc.particles)
+            # spread over the cloud: after resampling, copies of a particle sit side by side
+            w = torch.stack([smc.particles[(i * n) // self.chains] for i in chain_ids])
+            proposal = IndependenceProposal.fit(chart, smc.visited)
+            smc_info = {"particles": n, "temperatures": smc.temperatures, "rounds": smc.rounds,
+                        "acceptance": smc.acceptance, "log_evidence": smc.log_evidence,
+                        "evaluations": smc.evaluations}
+        else:
+            w = self._starts(k, chain_ids, seed, warm)
         starts = w.numpy().copy()
         u, g, nll = pot.value_and_grad(w)
-        chol = self._preconditioner(pot, w, prior_precision)
+        chol = (torch.eye(d, dtype=torch.float64).expand(c, d, d) if self.init == "smc"
+                else self._preconditioner(pot, w, prior_precision))
         # Dual averaging (Hoffman & Gelman 2014, Alg. 5) per chain.
         eps = torch.full((c,), 1.0 / d ** (1 / 3), dtype=torch.float64)
         gamma, t0_da, kappa = 0.05, 10.0, 0.75
@@ -804,29 +891,28 @@ class AtlasPosterior:
                     "log_bar": torch.log(e), "t": 0}
 
         da = reset(eps)
-        total = self.burn_in + self.draws
+        total = burn_in + self.draws
         out_w = np.empty((c, self.draws, d))
         out_u, out_nll, out_a = (np.empty((c, self.draws)) for _ in range(3))
         # the preconditioner follows the chain during burn-in (at 1/4, 1/2 and 3/4 of it)
-        recompute_at = {self.burn_in * j // 4 for j in (1, 2, 3)} if self.burn_in >= 20 else set()
+        recompute_at = {burn_in * j // 4 for j in (1, 2, 3)} if burn_in >= 20 else set()
         # the independence proposal joins at 1/2 of burn-in and is refitted up to its end
         fit_at: set[int] = set()
-        if self.independence and self.burn_in >= 2:
-            n_fit = self.proposal_fits if self.burn_in >= 20 else 1
+        if self.independence and burn_in >= 2:
+            n_fit = self.proposal_fits if burn_in >= 20 else 1
             # evenly spaced over the second half of burn-in, the last at its end
-            fit_at = {self.burn_in // 2 + (self.burn_in - self.burn_in // 2) * j // max(n_fit - 1, 1)
-                      for j in range(n_fit)} if n_fit > 1 else {self.burn_in}
-        proposal: IndependenceProposal | None = None
-        m_ind = self.independence if fit_at else 0
+            fit_at = {burn_in // 2 + (burn_in - burn_in // 2) * j // max(n_fit - 1, 1)
+                      for j in range(n_fit)} if n_fit > 1 else {burn_in}
+        m_ind = self.independence if fit_at or proposal is not None else 0
         n_ind = self.draws * m_ind
         out_lw, out_pa = np.empty((c, n_ind)), np.empty((c, n_ind))
         history: list[Tensor] = []
         pools = [_ProposalPool(_chain_generator(seed, k, i, 5)) for i in chain_ids]
         stale = torch.zeros(c, dtype=torch.bool)  # chains whose gradient is not that of their state
         for step in range(total):
-            if step >= self.burn_in and self.local_steps == 0:
+            if step >= burn_in and self.local_steps == 0:
                 alpha = torch.full((c,), math.nan, dtype=torch.float64)  # no local move to record
-            for _ in range(1 if step < self.burn_in else self.local_steps):
+            for _ in range(1 if step < burn_in else self.local_steps):
                 if bool(stale.any()):  # moved by an independence step: the local move needs grad U here
                     idx = torch.nonzero(stale).flatten()
                     u[idx], g[idx], nll[idx] = pot.value_and_grad(w[idx])
@@ -857,7 +943,7 @@ class AtlasPosterior:
                                                                                       w, u, nll, gens)
                     stale |= moved
                     ind.append((alpha_ind, log_w_ind))
-            if step < self.burn_in:
+            if step < burn_in:
                 da["t"] += 1
                 t = da["t"]
                 eta = 1.0 / (t + t0_da)
@@ -868,31 +954,31 @@ class AtlasPosterior:
                 eps = torch.exp(log_eps)
                 history.append(w.clone())
                 if step + 1 in recompute_at:
-                    window = torch.stack(history[-max(self.burn_in // 4, 2):])
+                    window = torch.stack(history[-max(burn_in // 4, 2):])
                     chol = self._adapt_preconditioner(pot, window, _gather_chains(window, chain_ids, comm),
                                                       prior_precision, step + 1 == min(recompute_at))
                     da = reset(eps)
                 if step + 1 in fit_at:
-                    fit_window = torch.stack(history[-max(int(self.burn_in * self.proposal_window), 2):])
+                    fit_window = torch.stack(history[-max(int(burn_in * self.proposal_window), 2):])
                     proposal = IndependenceProposal.fit(chart, _gather_chains(fit_window, chain_ids, comm))
                     for pool in pools:
                         pool.clear()
-                if step + 1 == self.burn_in:
+                if step + 1 == burn_in:
                     eps = torch.exp(da["log_bar"])
             else:
-                j = step - self.burn_in
+                j = step - burn_in
                 out_w[:, j], out_u[:, j], out_nll[:, j], out_a[:, j] = w.numpy(), u.numpy(), nll.numpy(), alpha.numpy()
                 if proposal is not None:
                     for i, (a_i, lw_i) in enumerate(ind):
                         out_lw[:, j * m_ind + i], out_pa[:, j * m_ind + i] = lw_i.numpy(), a_i.numpy()
             if progress is not None:
                 info = {}
-                j = step - self.burn_in
+                j = step - burn_in
                 if j >= 15 and (j + 1) % 25 == 0:
                     info["ess"] = float(np.min(effective_sample_size(out_w[:, : j + 1])))
                 progress(step + 1, total, info)
         return ChainDraws(k, chain_ids, out_w, out_u, out_nll, out_a, eps.numpy().copy(), starts,
-                          pot.evaluations, time.perf_counter() - t0, out_lw, out_pa)
+                          pot.evaluations, time.perf_counter() - t0, out_lw, out_pa, smc_info)
 
     # ------------------------------------------------------------------ chart evidence
     def importance_points(self, k: int, draws: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -993,10 +1079,11 @@ class AtlasPosterior:
             raise ValueError(f"{self.chains} chains per chart cannot be spread over {size} processes: "
                              f"pass at least {size} chains")
         mine = [i for i in range(self.chains) if i % size == rank]
-        total = (self.burn_in + self.draws) * self.atlas.n_charts
+        per_chart = (0 if self.init == "smc" else self.burn_in) + self.draws
+        total = per_chart * self.atlas.n_charts
         charts = []
         for k in range(self.atlas.n_charts):
-            done0 = k * (self.burn_in + self.draws)
+            done0 = k * per_chart
 
             def cb(done: int, _n: int, info: dict, k: int = k, done0: int = done0) -> None:
                 if progress is not None:

@@ -40,6 +40,7 @@ from eit_manifold.validation import (
 )
 
 OPERATORS = ("eit", "blur")
+INITS = ("descent", "smc")
 BLUR_KEYS = ("data", "noise_std", "kernel_size", "kernel_std", "background")
 
 
@@ -68,6 +69,8 @@ class PosteriorConfig:
     importance_samples: int = 256
     independence: int = 4
     local_steps: int = 0  # MALA steps per draw after burn-in
+    init: str = "descent"  # descent: descent starts + MALA burn-in; smc: tempered SMC from the prior
+    particles: int = 64  # SMC particles (init="smc")
     save_samples: int = 200
     seed: int = 0
     plot: bool = True
@@ -92,6 +95,10 @@ class PosteriorConfig:
         if self.local_steps == 0 and self.independence == 0:
             raise InputError("--local-steps 0 needs --independence >= 1 (the chains would never move); "
                              "MALA only: --independence 0 --local-steps 1")
+        check_choice("--init", self.init, INITS)
+        self.particles = check_int("--particles", self.particles, 8)
+        if self.init == "smc" and self.local_steps:
+            raise InputError(f"--init smc runs no MALA adaptation: --local-steps must be 0, got {self.local_steps}")
         if self.thin is not None:
             self.thin = check_int("--thin", self.thin, 1)
         if self.noise_level is not None:
@@ -263,12 +270,13 @@ def run_posterior(config: PosteriorConfig, comm=None) -> dict:
                              burn_in=config.burn_in, thin=config.thin or "auto", descent_iter=config.descent_iter,
                              starts=config.starts,
                              importance_samples=config.importance_samples, independence=config.independence,
-                             local_steps=config.local_steps)
+                             local_steps=config.local_steps, init=config.init, particles=config.particles)
     bar = None
     if config.progress and comm.rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=prob.atlas.n_charts * (config.burn_in + config.samples), desc="posterior", leave=False)
+        steps = (0 if config.init == "smc" else config.burn_in) + config.samples
+        bar = tqdm(total=prob.atlas.n_charts * steps, desc="posterior", leave=False)
 
     last_ess: dict[str, str] = {}
 
